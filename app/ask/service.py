@@ -1,0 +1,60 @@
+"""Stage 2 of the pipeline: retrieve up to 60 memories, let the Answer Agent select and answer."""
+
+import uuid
+
+from app.adapters import service as adapters
+from app.ask.schemas import AskMemory, AskRequest, AskResponse
+from app.core.db import transaction
+from app.core.errors import BadUpstreamResponse, Unprocessable
+from app.core.runtime import Runtime
+from app.episodes import repository as episodes
+from app.episodes.views import view_json
+from app.memories import service as memories
+from app.memory.answer import answer_question
+from app.memory.prompts import ANSWER_PROMPT_VERSION
+from app.memory.schemas import as_views
+from app.models import Agent
+from app.users import service as users
+
+
+async def ask(runtime: Runtime, tenant_id: uuid.UUID, body: AskRequest) -> AskResponse:
+    limits = runtime.settings.limits
+    if len(body.question) > limits.max_query_chars:
+        raise Unprocessable(
+            f"question has {len(body.question)} characters; the limit is {limits.max_query_chars}"
+        )
+    [embedding] = await runtime.embedder.embed([body.question])
+    async with transaction(runtime.sessions) as db:
+        user = await users.require_user(db, tenant_id, body.user_id)
+        hits = await memories.retrieve(db, tenant_id, user.id, embedding, body.top_k)
+    adapter = await adapters.resolve(runtime, tenant_id, Agent.answer, body.answer_adapter)
+    views = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
+    result = await answer_question(runtime.llm, body.question, views, adapter=adapter)
+    async with transaction(runtime.sessions) as db:
+        episode = await episodes.add(
+            db,
+            tenant_id=tenant_id,
+            user_id=user.id,
+            agent=Agent.answer,
+            prompt_version=ANSWER_PROMPT_VERSION,
+            input_={"question": body.question, "memories": [view_json(v) for v in views]},
+            completion=result.completion,
+            parsed={"selected": [v.key for v in result.selected], "answer": result.answer},
+            error=result.error,
+            model=runtime.llm.base_model,
+        )
+    if result.answer is None:
+        raise BadUpstreamResponse(
+            f"the answer model's output was unusable ({result.error}); episode {episode.id}"
+        )
+    return AskResponse(
+        answer=result.answer,
+        memories=[
+            AskMemory(id=v.id, text=v.text, speaker=v.speaker, occurred_at=v.occurred_at)
+            for v in result.selected
+        ],
+        retrieved=len(views),
+        episode_id=episode.id,
+        model=episode.model,
+        adapter=episode.adapter,
+    )

@@ -1,0 +1,180 @@
+"""`memory-r1`: serve, worker, migrate, keys, eval."""
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from app.core.config import Settings, get_settings
+from app.core.db import EmbeddedPostgres, create_engine, session_factory, transaction, upgrade_to_head
+from app.models import Scope
+from app.tenants import service as tenants
+
+log = logging.getLogger("memory_r1")
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[Settings]:
+    """Settings whose database_url is set: the configured server, or the embedded one, which
+    runs for the duration of the block."""
+    if settings.database_url:
+        yield settings
+        return
+    embedded = EmbeddedPostgres(settings.data_dir / "pg")
+    url = embedded.start()
+    try:
+        yield settings.model_copy(update={"database_url": url})
+    finally:
+        embedded.stop()
+
+
+async def _with_db(database_url: str, work):  # type: ignore[no-untyped-def]
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with transaction(session_factory(engine)) as db:
+            return await work(db)
+    finally:
+        await engine.dispose()
+
+
+def _bootstrap(database_url: str) -> None:
+    issued = asyncio.run(_with_db(database_url, tenants.bootstrap))
+    if issued is not None:
+        print(
+            "\nCreated tenant", issued.tenant_id, "and its admin API key (shown only once):\n\n   ",
+            issued.plaintext, "\n",
+            flush=True,
+        )
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    with database(settings) as resolved:
+        assert resolved.database_url
+        upgrade_to_head(resolved.database_url)
+        if resolved.bootstrap_admin:
+            _bootstrap(resolved.database_url)
+        env = {**os.environ, "MEMR1_DATABASE_URL": resolved.database_url}
+        worker = None
+        if resolved.start_worker and not args.no_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--pool", "solo"], env=env
+            )
+        os.environ["MEMR1_DATABASE_URL"] = resolved.database_url
+        get_settings.cache_clear()
+        try:
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                host=args.host or resolved.host,
+                port=args.port or resolved.port,
+                workers=resolved.api_workers,
+                log_level=resolved.log_level.lower(),
+            )
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(timeout=30)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.celery_app import INGEST_QUEUE, celery
+    from workers.tasks.ingest import resume_queued
+
+    queues = args.queues.split(",")
+    if INGEST_QUEUE in queues and settings.database_url:
+        resumed = resume_queued(settings.database_url)
+        if resumed:
+            log.info("re-sent %d queued ingestion jobs", resumed)
+    argv = ["worker", "-Q", ",".join(queues), "--pool", args.pool, "-l", settings.log_level]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    celery.worker_main(argv)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings) as resolved:
+        assert resolved.database_url
+        upgrade_to_head(resolved.database_url)
+        print("schema is at head")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings) as resolved:
+        assert resolved.database_url
+        url = resolved.database_url
+        if args.action == "create":
+            scopes = [Scope(s) for s in args.scopes.split(",")]
+            tenant = uuid.UUID(args.tenant) if args.tenant else None
+
+            async def create(db):  # type: ignore[no-untyped-def]
+                return await tenants.create_key(db, tenant_id=tenant, name=args.name, scopes=scopes)
+
+            issued = asyncio.run(_with_db(url, create))
+            print(f"tenant {issued.tenant_id}\nkey id {issued.key_id}\nscopes {','.join(issued.scopes)}")
+            print(f"API key (shown only once): {issued.plaintext}")
+        elif args.action == "list":
+            tenant = uuid.UUID(args.tenant) if args.tenant else None
+            keys = asyncio.run(_with_db(url, lambda db: tenants.list_keys(db, tenant)))
+            for key in keys:
+                state = "revoked" if key.revoked_at else "live"
+                print(f"{key.id}  tenant={key.tenant_id}  {key.name!r}  mr1_{key.prefix}_…  "
+                      f"scopes={','.join(key.scopes)}  {state}")
+        else:
+            key_id = uuid.UUID(args.key_id)
+            asyncio.run(_with_db(url, lambda db: tenants.revoke_key(db, key_id)))
+            print(f"revoked {key_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memory-r1", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (embedded database and worker by default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="ingest", help="comma-separated: ingest,training")
+    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.add_argument("--concurrency", type=int)
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to head")
+    migrate.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="issue a key (for a new tenant unless --tenant)")
+    create.add_argument("--tenant", help="tenant id; omitted: a new tenant")
+    create.add_argument("--name", default="api key")
+    create.add_argument("--scopes", default="memory", help="comma-separated: memory,admin")
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The one settings object. Nothing else in the project reads the environment.
+
+Every field can be set as ``MEMR1_<FIELD>``; nested groups use ``__``
+(``MEMR1_LLM__BACKEND=openai``). ``.env.example`` documents them all.
+"""
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMBackendKind(StrEnum):
+    inprocess = "inprocess"
+    openai = "openai"
+
+
+class EmbeddingBackendKind(StrEnum):
+    inprocess = "inprocess"
+    openai = "openai"
+
+
+class LLMSettings(BaseModel):
+    backend: LLMBackendKind = Field(
+        LLMBackendKind.inprocess,
+        description="inprocess: bundled SmolLM2 via transformers; openai: an OpenAI-compatible "
+        "server such as vLLM.",
+    )
+    base_url: str = Field(
+        "http://localhost:8000/v1", description="OpenAI-compatible endpoint (openai backend)."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer token for the LLM endpoint.")
+    model: str = Field(
+        "SmolLM2-135M-Instruct",
+        description="Base model name served by the endpoint (openai backend) or a local "
+        "HF model directory (inprocess backend; empty name means the bundled SmolLM2).",
+    )
+    model_path: Path | None = Field(
+        None,
+        description="inprocess backend: a local HF model directory. Unset means the bundled "
+        "SmolLM2, converted once from GGUF into <data_dir>/models/.",
+    )
+    extractor_model: str | None = Field(None, description="Model/adapter for fact extraction.")
+    manager_model: str | None = Field(None, description="Model/adapter for the Memory Manager.")
+    answer_model: str | None = Field(None, description="Model/adapter for the Answer Agent.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout to the LLM endpoint.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx.")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the server accepts.")
+    max_batch_size: int = Field(8, ge=1, description="inprocess: requests batched per forward.")
+
+
+class EmbeddingSettings(BaseModel):
+    backend: EmbeddingBackendKind = Field(EmbeddingBackendKind.inprocess)
+    base_url: str = Field("http://localhost:8001/v1", description="openai backend endpoint.")
+    api_key: SecretStr | None = None
+    model: str = Field("all-MiniLM-L6-v2", description="Embedding model name (384 dimensions).")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    batch_size: int = Field(64, ge=1)
+
+
+class LimitSettings(BaseModel):
+    max_turn_chars: int = Field(8000, ge=1, description="Longest accepted turn text.")
+    max_turns_per_request: int = Field(200, ge=1, description="Largest batch of turns per POST.")
+    max_query_chars: int = Field(2000, ge=1, description="Longest question or search query.")
+    max_top_k: int = Field(60, ge=1, le=1000, description="Largest top_k for retrieval.")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest accepted request body.")
+    max_memory_chars: int = Field(2000, ge=1, description="Longest memory text.")
+
+
+class PipelineSettings(BaseModel):
+    manager_candidates: int = Field(5, ge=1, le=50, description="Similar memories shown per fact.")
+    max_facts_per_turn: int = Field(5, ge=1, le=20)
+    answer_top_k: int = Field(60, ge=1, le=60)
+    ingest_max_attempts: int = Field(3, ge=1, le=20, description="Tries before a job fails.")
+    ingest_retry_backoff_s: float = Field(5.0, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MEMR1_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        Path(platformdirs.user_data_dir("memory-r1")),
+        description="Embedded database, converted models and adapters live here.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="postgresql:// URL of a Postgres with pgvector. Unset: embedded Postgres "
+        "(pgserver) in <data_dir>/pg.",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (redis://...). Unset: the same Postgres through kombu's "
+        "SQLAlchemy transport.",
+    )
+    adapters_dir: Path | None = Field(
+        None, description="Where trained LoRA adapters are written. Unset: <data_dir>/adapters."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    start_worker: bool = Field(
+        True, description="serve also starts a Celery worker process (embedded mode)."
+    )
+    bootstrap_admin: bool = Field(
+        True, description="On an empty database, create a tenant and print an admin key once."
+    )
+    log_level: str = "INFO"
+
+    llm: LLMSettings = LLMSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    limits: LimitSettings = LimitSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    @property
+    def adapter_root(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,24 @@
+"""Types shared by several domains' schemas."""
+
+from typing import Annotated
+
+from fastapi import Path
+from pydantic import Field, StringConstraints
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
+ID_HELP = "1-200 characters: letters, digits and _ . : @ -"
+
+ExternalId = Annotated[str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description=ID_HELP)]
+ExternalIdField = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN),
+    Field(description=ID_HELP),
+]
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+AdapterChoice = Annotated[
+    str,
+    Field(
+        pattern=r"^(active|base|[0-9a-fA-F-]{36})$",
+        description="'active' (the agent's active adapter), 'base' (no adapter) or an adapter id",
+    ),
+]

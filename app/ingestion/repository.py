@@ -1,0 +1,79 @@
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import IngestionJob, JobStatus
+
+
+async def create_job(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    turn_ids: list[uuid.UUID],
+    manager_adapter: str,
+) -> IngestionJob:
+    job = IngestionJob(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        session_id=session_id,
+        turn_ids=turn_ids,
+        manager_adapter=manager_adapter,
+        status=JobStatus.queued,
+        attempts=0,
+        result={"processed_turns": 0, "operations": []},
+    )
+    session.add(job)
+    await session.flush()
+    return job
+
+
+async def get_job(
+    session: AsyncSession, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> IngestionJob | None:
+    query = select(IngestionJob).where(IngestionJob.id == job_id)
+    if tenant_id is not None:
+        query = query.where(IngestionJob.tenant_id == tenant_id)
+    return await session.scalar(query)
+
+
+async def claim(session: AsyncSession, job_id: uuid.UUID) -> IngestionJob | None:
+    """Queued -> running, at most once per delivery; None when someone else has it."""
+    return await session.scalar(
+        update(IngestionJob)
+        .where(IngestionJob.id == job_id, IngestionJob.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempts=IngestionJob.attempts + 1,
+            started_at=datetime.now(UTC),
+            error=None,
+        )
+        .returning(IngestionJob)
+    )
+
+
+async def save_result(session: AsyncSession, job_id: uuid.UUID, result: dict[str, Any]) -> None:
+    await session.execute(
+        update(IngestionJob).where(IngestionJob.id == job_id).values(result=result)
+    )
+
+
+async def finish(
+    session: AsyncSession, job_id: uuid.UUID, status: JobStatus, error: str | None = None
+) -> None:
+    finished = datetime.now(UTC) if status != JobStatus.queued else None
+    await session.execute(
+        update(IngestionJob)
+        .where(IngestionJob.id == job_id)
+        .values(status=status, error=error, finished_at=finished)
+    )
+
+
+async def queued_job_ids(session: AsyncSession) -> Sequence[uuid.UUID]:
+    query = select(IngestionJob.id).where(IngestionJob.status == JobStatus.queued)
+    return (await session.scalars(query.order_by(IngestionJob.created_at))).all()

@@ -1,0 +1,163 @@
+"""Stage 1 of the pipeline: turns -> facts -> Manager operations -> the memory bank.
+
+A job is claimed once (queued -> running), processes its turns in order and records progress
+after each turn, so a retry after a failure resumes where it stopped. No transaction is open
+while a model runs: read, release, call, write."""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.adapters import service as adapters
+from app.core.db import transaction
+from app.core.errors import AppError, NotFound, Upstream
+from app.core.runtime import Runtime
+from app.episodes import repository as episodes
+from app.episodes.views import fact_json, view_json
+from app.ingestion import repository
+from app.ingestion.schemas import IngestionRead
+from app.memories import repository as memories
+from app.memories import service as memories_service
+from app.memory.extractor import extract_facts
+from app.memory.manager import decide
+from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
+from app.memory.schemas import Fact, OpKind, as_views
+from app.models import Agent, IngestionJob, JobStatus, Turn
+from app.sessions import repository as turns_repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Context:
+    job: IngestionJob
+    extractor: str | None
+    manager: str | None
+
+
+async def get_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> IngestionRead:
+    async with transaction(runtime.sessions) as db:
+        job = await repository.get_job(db, job_id, tenant_id)
+        if job is None:
+            raise NotFound(f"ingestion job {job_id} not found")
+        return IngestionRead.from_job(job)
+
+
+async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | None:
+    """Run one ingestion job; None when it is not queued (done, or another worker has it).
+
+    Raises Upstream when the model is unreachable: the job is then queued again for a retry,
+    or failed once it has used its attempts."""
+    async with transaction(runtime.sessions) as db:
+        job = await repository.claim(db, job_id)
+        if job is None:
+            return None
+        turns = await turns_repository.get_turns(db, job.tenant_id, job.turn_ids)
+    try:
+        context = _Context(
+            job=job,
+            extractor=await adapters.resolve(runtime, job.tenant_id, Agent.extractor, "active"),
+            manager=await adapters.resolve(runtime, job.tenant_id, Agent.manager, job.manager_adapter),
+        )
+        result: dict[str, Any] = dict(job.result or {"processed_turns": 0, "operations": []})
+        for turn in turns[result["processed_turns"] :]:
+            result["operations"] += await _ingest_turn(runtime, context, turn)
+            result["processed_turns"] += 1
+            async with transaction(runtime.sessions) as db:
+                await repository.save_result(db, job.id, result)
+    except Upstream as exc:
+        retry = job.attempts < runtime.settings.pipeline.ingest_max_attempts
+        await _finish(runtime, job.id, JobStatus.queued if retry else JobStatus.failed, exc.detail)
+        raise
+    except AppError as exc:
+        await _finish(runtime, job.id, JobStatus.failed, exc.detail)
+        raise
+    except Exception as exc:
+        await _finish(runtime, job.id, JobStatus.failed, f"internal error: {exc!r}")
+        raise
+    await _finish(runtime, job.id, JobStatus.succeeded, None)
+    return await get_job(runtime, job.tenant_id, job.id)
+
+
+async def _finish(runtime: Runtime, job_id: uuid.UUID, status: JobStatus, error: str | None) -> None:
+    async with transaction(runtime.sessions) as db:
+        await repository.finish(db, job_id, status, error)
+
+
+async def _ingest_turn(runtime: Runtime, ctx: _Context, turn: Turn) -> list[dict[str, Any]]:
+    extraction = await extract_facts(
+        runtime.llm,
+        speaker=turn.speaker,
+        text=turn.text,
+        occurred_at=turn.occurred_at,
+        adapter=ctx.extractor,
+        max_facts=runtime.settings.pipeline.max_facts_per_turn,
+    )
+    async with transaction(runtime.sessions) as db:
+        await episodes.add(
+            db,
+            tenant_id=ctx.job.tenant_id,
+            user_id=ctx.job.user_id,
+            agent=Agent.extractor,
+            prompt_version=EXTRACT_PROMPT_VERSION,
+            input_={"turn_id": str(turn.id), "speaker": turn.speaker, "text": turn.text},
+            completion=extraction.completion,
+            parsed={"facts": [fact_json(f) for f in extraction.facts]},
+            error=extraction.error,
+            model=runtime.llm.base_model,
+        )
+    applied: list[dict[str, Any]] = []
+    for fact in extraction.facts:
+        applied += await _manage_fact(runtime, ctx, turn, fact)
+    return applied
+
+
+async def _manage_fact(
+    runtime: Runtime, ctx: _Context, turn: Turn, fact: Fact
+) -> list[dict[str, Any]]:
+    job = ctx.job
+    [embedding] = await runtime.embedder.embed([fact.text])
+    async with transaction(runtime.sessions) as db:
+        hits = await memories.search(
+            db, job.tenant_id, job.user_id, embedding, runtime.settings.pipeline.manager_candidates
+        )
+    seen = {memory.id: memory.version for memory, _ in hits}
+    candidates = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
+    decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
+    texts = [op.text for op in decision.operations if op.kind != OpKind.DELETE and op.text]
+    embeddings = dict(zip(texts, await runtime.embedder.embed(texts), strict=True))
+    async with transaction(runtime.sessions) as db:
+        episode = await episodes.add(
+            db,
+            tenant_id=job.tenant_id,
+            user_id=job.user_id,
+            agent=Agent.manager,
+            prompt_version=MANAGER_PROMPT_VERSION,
+            input_={"fact": fact_json(fact), "candidates": [view_json(c) for c in candidates]},
+            completion=decision.completion,
+            parsed={
+                "operations": [
+                    {"op": op.kind.value, "memory_id": str(op.memory_id or ""), "text": op.text}
+                    for op in decision.operations
+                ],
+                "rejected": [{"raw": r.raw, "reason": r.reason} for r in decision.rejected],
+            },
+            error=decision.error,
+            model=runtime.llm.base_model,
+        )
+        applied, stale = await memories_service.apply_operations(
+            db,
+            tenant_id=job.tenant_id,
+            user_id=job.user_id,
+            operations=decision.operations,
+            seen_versions=seen,
+            embeddings=embeddings,
+            fact=fact,
+            source_turn_id=turn.id,
+            episode_id=episode.id,
+        )
+    if decision.rejected or stale:
+        log.info("episode %s: %d rejected, %d stale operations", episode.id,
+                 len(decision.rejected), len(stale))
+    return applied

@@ -1,0 +1,85 @@
+"""Fact extraction: one turn in, a few self-contained facts out.
+
+Every fact names its speaker and, when the turn has a date, starts with that date: memories are
+later read out of context, and LoCoMo's temporal questions ("When did Caroline ...?") can only
+be answered if the date travels with the fact. The model is asked to write them; when it does
+not, ``anchor_fact`` adds them.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.core.errors import BadUpstreamResponse
+from app.llm.backend import Completion, LLMBackend
+from app.memory.prompts import (
+    DEFAULT_MAX_FACTS,
+    extract_max_tokens,
+    extract_schema,
+    extraction_messages,
+    format_date,
+    mentions,
+)
+from app.memory.schemas import Fact, text_key
+
+
+@dataclass(frozen=True)
+class Extraction:
+    facts: list[Fact]
+    completion: Completion | None  # None when the backend returned nothing usable
+    error: str | None  # why the output was unusable; facts is then empty
+
+
+def parse_facts(parsed: object, max_facts: int) -> tuple[list[str], str | None]:
+    """The fact texts of an extraction output (blank ones and repeats dropped, at most
+    ``max_facts``), or an error when the output does not have the schema's shape."""
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("facts"), list):
+        return [], f'expected {{"facts": [...]}}, got {parsed!r:.200}'
+    items: list[object] = parsed["facts"]
+    if not all(isinstance(item, str) for item in items):
+        return [], f"every fact must be a string, got {items!r:.200}"
+    texts: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        text = " ".join(str(item).split())
+        if text and text_key(text) not in seen:
+            seen.add(text_key(text))
+            texts.append(text)
+    return texts[:max_facts], None
+
+
+def anchor_fact(text: str, speaker: str, occurred_at: datetime | None) -> str:
+    """``text`` with the speaker's name and the date added where it lacks them."""
+    has_speaker = mentions(text, speaker)
+    if occurred_at is None or format_date(occurred_at) in text:
+        return text if has_speaker else f"{speaker}: {text}"
+    date = format_date(occurred_at)
+    return f"On {date}, {text}" if has_speaker else f"{speaker} on {date}: {text}"
+
+
+async def extract_facts(
+    llm: LLMBackend,
+    *,
+    speaker: str,
+    text: str,
+    occurred_at: datetime | None,
+    adapter: str | None = None,
+    max_facts: int = DEFAULT_MAX_FACTS,
+) -> Extraction:
+    """Ask the model for the facts in one turn. Unusable output gives an Extraction with
+    ``error`` set and no facts; ``app.core.errors.Upstream`` from the backend propagates."""
+    messages = extraction_messages(speaker, text, occurred_at, max_facts)
+    try:
+        completion = await llm.complete(
+            messages,
+            json_schema=extract_schema(max_facts),
+            adapter=adapter,
+            temperature=0.0,
+            max_tokens=extract_max_tokens(max_facts),
+        )
+    except BadUpstreamResponse as exc:
+        return Extraction(facts=[], completion=None, error=f"unusable model output: {exc.detail}")
+    texts, error = parse_facts(completion.parsed, max_facts)
+    if error is not None:
+        return Extraction(facts=[], completion=completion, error=error)
+    facts = [Fact(anchor_fact(t, speaker, occurred_at), speaker, occurred_at) for t in texts]
+    return Extraction(facts=facts, completion=completion, error=None)

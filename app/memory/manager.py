@@ -1,0 +1,223 @@
+"""The Memory Manager: for one new fact and the memories most similar to it, decide
+ADD / UPDATE / DELETE / NOOP.
+
+The model's output is never trusted: ``validate_operations`` turns it into operations that can
+only touch the memories the model was shown (by their ``m1``..``mN`` keys), so text in a turn
+that names another memory, a UUID or another user's data can never reach the bank.
+"""
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from app.core.errors import BadUpstreamResponse
+from app.llm.backend import Completion, LLMBackend
+from app.memory.prompts import MANAGER_MAX_TOKENS, MANAGER_SCHEMA, manager_messages
+from app.memory.schemas import (
+    Fact,
+    MemoryView,
+    Operation,
+    OpKind,
+    RejectedOperation,
+    rekey,
+    text_key,
+)
+
+DEFAULT_MAX_TEXT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Decision:
+    operations: list[Operation]
+    rejected: list[RejectedOperation]
+    completion: Completion | None  # None when the backend returned nothing usable
+    error: str | None  # why the whole output was unusable; operations is then empty
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _operation_items(parsed: object) -> list[object] | None:
+    if isinstance(parsed, dict) and isinstance(parsed.get("operations"), list):
+        return parsed["operations"]
+    return None
+
+
+def _shape_error(parsed: object) -> str:
+    return f'expected {{"operations": [...]}}, got {parsed!r:.200}'
+
+
+def malformed_reason(parsed: object) -> str | None:
+    """Why ``parsed`` is not a Manager output at all, or None when it has the right shape."""
+    return _shape_error(parsed) if _operation_items(parsed) is None else None
+
+
+class _Validator:
+    """Checks items one by one against the candidates and the items accepted before them."""
+
+    def __init__(self, candidates: list[MemoryView], max_text_chars: int) -> None:
+        self.by_key = {m.key: m for m in candidates}
+        self.stored = {text_key(m.text): m.key for m in candidates}
+        self.max_text_chars = max_text_chars
+        self.touched: set[str] = set()
+        self.added: set[str] = set()
+
+    def accept(self, raw: dict[str, object]) -> Operation | None:
+        op = raw.get("op")
+        if not isinstance(op, str) or op not in OpKind.__members__:
+            raise _Rejected(f"unknown op {op!r:.40}: expected ADD, UPDATE, DELETE or NOOP")
+        kind = OpKind(op)
+        match kind:
+            case OpKind.NOOP:
+                return None
+            case OpKind.ADD:
+                return self._add(self._text(raw, kind))
+            case OpKind.UPDATE:
+                return self._change(kind, self._target(raw, kind), self._text(raw, kind))
+            case OpKind.DELETE:
+                return self._change(kind, self._target(raw, kind), None)
+
+    def _add(self, text: str) -> Operation:
+        # The id of an ADD is ignored rather than rejected: the new memory gets a fresh id and an
+        # ADD touches no stored memory, so a model that fills every field loses nothing.
+        key = text_key(text)
+        if key in self.stored:
+            raise _Rejected(f"ADD repeats memory {self.stored[key]}")
+        if key in self.added:
+            raise _Rejected("ADD repeats an earlier ADD")
+        self.added.add(key)
+        return Operation(kind=OpKind.ADD, memory_id=None, text=text)
+
+    def _change(self, kind: OpKind, target: MemoryView, text: str | None) -> Operation:
+        if target.key in self.touched:
+            raise _Rejected(f"{target.key} already has an operation")
+        if text is not None and text_key(text) == text_key(target.text):
+            raise _Rejected(f"UPDATE leaves {target.key} unchanged")
+        self.touched.add(target.key)
+        return Operation(kind=kind, memory_id=target.id, text=text)
+
+    def _target(self, raw: dict[str, object], kind: OpKind) -> MemoryView:
+        key = raw.get("id")
+        if not isinstance(key, str) or not key.strip():
+            raise _Rejected(f"{kind} needs the id of a listed memory")
+        if key not in self.by_key:
+            listed = ", ".join(self.by_key) or "none"
+            raise _Rejected(f"unknown memory id {key!r:.80}: only {listed} may be named")
+        return self.by_key[key]
+
+    def _text(self, raw: dict[str, object], kind: OpKind) -> str:
+        text = raw.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise _Rejected(f"{kind} needs a non-empty text")
+        text = text.strip()
+        if len(text) > self.max_text_chars:
+            raise _Rejected(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+        return text
+
+
+def validate_operations(
+    parsed: object, candidates: list[MemoryView], max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+) -> tuple[list[Operation], list[RejectedOperation]]:
+    """The operations of a Manager output that are safe to apply, and the rest with reasons.
+
+    Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
+    from a turn), UPDATE/DELETE without an id, ADD/UPDATE with a blank or over-long text, a
+    second operation on the same memory, an ADD repeating another ADD or a listed memory, an
+    UPDATE that leaves the text as it was. An ADD's id, a DELETE's text and a NOOP are
+    ignored. A wrongly shaped output is a single rejection."""
+    items = _operation_items(parsed)
+    if items is None:
+        return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]
+    validator = _Validator(candidates, max_text_chars)
+    operations: list[Operation] = []
+    rejected: list[RejectedOperation] = []
+    for item in items:
+        if not isinstance(item, dict):
+            rejected.append(RejectedOperation(raw={"item": item}, reason="not an object"))
+            continue
+        try:
+            operation = validator.accept(item)
+        except _Rejected as exc:
+            rejected.append(RejectedOperation(raw=item, reason=exc.reason))
+            continue
+        if operation is not None:
+            operations.append(operation)
+    return operations, rejected
+
+
+async def decide(
+    llm: LLMBackend,
+    fact: Fact,
+    candidates: list[MemoryView],
+    *,
+    adapter: str | None = None,
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+) -> Decision:
+    """Ask the Manager what ``fact`` does to ``candidates``. Unusable output gives a Decision
+    with ``error`` set and no operations; ``app.core.errors.Upstream`` propagates."""
+    try:
+        completion = await llm.complete(
+            manager_messages(fact, candidates),
+            json_schema=MANAGER_SCHEMA,
+            adapter=adapter,
+            temperature=0.0,
+            max_tokens=MANAGER_MAX_TOKENS,
+        )
+    except BadUpstreamResponse as exc:
+        return Decision([], [], completion=None, error=f"unusable model output: {exc.detail}")
+    problem = malformed_reason(completion.parsed)
+    if problem is not None:
+        return Decision([], [], completion=completion, error=problem)
+    operations, rejected = validate_operations(completion.parsed, candidates, max_text_chars)
+    return Decision(operations, rejected, completion=completion, error=None)
+
+
+def apply_to_bank(
+    bank: list[MemoryView],
+    operations: list[Operation],
+    *,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    fact: Fact | None = None,
+) -> list[MemoryView]:
+    """The bank after ``operations``, in order; ``bank`` itself is left as it was.
+
+    ADDs are appended with ``fact``'s speaker and date; an UPDATE changes only the text. The
+    result is keyed m1..mN afresh so it can be shown to a model as it is. Operations naming a
+    memory that is not in the bank are a caller bug and raise ValueError."""
+    views = list(bank)
+    for op in operations:
+        match op.kind:
+            case OpKind.ADD:
+                views.append(
+                    MemoryView(
+                        key="",
+                        id=new_id(),
+                        text=_required_text(op),
+                        speaker=fact.speaker if fact else None,
+                        occurred_at=fact.occurred_at if fact else None,
+                    )
+                )
+            case OpKind.UPDATE:
+                at = _position(views, op)
+                views[at] = replace(views[at], text=_required_text(op))
+            case OpKind.DELETE:
+                del views[_position(views, op)]
+            case OpKind.NOOP:
+                pass
+    return rekey(views)
+
+
+def _position(views: list[MemoryView], op: Operation) -> int:
+    for i, view in enumerate(views):
+        if view.id == op.memory_id:
+            return i
+    raise ValueError(f"{op.kind} names memory {op.memory_id}, which is not in the bank")
+
+
+def _required_text(op: Operation) -> str:
+    if op.text is None:
+        raise ValueError(f"{op.kind} without a text")
+    return op.text

@@ -1,0 +1,27 @@
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import NotFound
+from app.models import User
+from app.users import repository
+
+
+async def require_user(session: AsyncSession, tenant_id: uuid.UUID, external_id: str) -> User:
+    user = await repository.find(session, tenant_id, external_id)
+    if user is None:
+        raise NotFound(f"user '{external_id}' not found")
+    return user
+
+
+async def erase_user(session: AsyncSession, tenant_id: uuid.UUID, external_id: str) -> None:
+    """Erase everything of a user: turns, sessions, memories, history, episodes, feedback, jobs."""
+    user = await require_user(session, tenant_id, external_id)
+    await repository.delete_user(session, user.id)
+
+
+async def require_user_by_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> User:
+    user = await repository.get(session, tenant_id, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user

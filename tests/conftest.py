@@ -1,0 +1,147 @@
+"""Shared fixtures: real Postgres (embedded), real MiniLM embeddings, a scripted LLM for
+pipeline logic, and the API driven through httpx's ASGI transport.
+
+Each API test runs inside one connection-level transaction that is rolled back afterwards;
+the service's own transactions become savepoints inside it."""
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.runtime import Runtime
+from app.embeddings import InProcessEmbedder
+from app.main import create_app
+from app.models import Scope
+from app.tenants import service as tenants
+from tests.fixtures.database import database_url, pg_server  # noqa: F401  (fixtures)
+from tests.fixtures.fake_llm import FakeLLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:  # noqa: F811
+    return Settings(
+        database_url=database_url,
+        data_dir=Path(os.environ.get("MEMR1_TEST_DATA_DIR", tmp_path_factory.mktemp("data"))),
+        start_worker=False,
+        bootstrap_admin=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def embedder() -> InProcessEmbedder:
+    return InProcessEmbedder()
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.database_url or "")
+    yield engine
+    await engine.dispose()
+
+
+@dataclass
+class QueueRecorder:
+    ingestion: list[uuid.UUID]
+    training: list[uuid.UUID]
+
+
+@pytest.fixture
+def fake_llm() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture
+def queued() -> QueueRecorder:
+    return QueueRecorder([], [])
+
+
+@pytest.fixture
+async def runtime(
+    settings: Settings,
+    engine: AsyncEngine,
+    embedder: InProcessEmbedder,
+    fake_llm: FakeLLM,
+    queued: QueueRecorder,
+) -> AsyncIterator[Runtime]:
+    """A runtime whose every transaction is a savepoint in one rolled-back transaction."""
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        sessions = async_sessionmaker(
+            bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            embedder=embedder,
+            llm=fake_llm,
+            enqueue_ingestion=queued.ingestion.append,
+            enqueue_training=queued.training.append,
+        )
+        await outer.rollback()
+
+
+@pytest.fixture
+async def db(runtime: Runtime) -> AsyncIterator[AsyncSession]:
+    async with runtime.sessions() as session:
+        yield session
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime.settings, runtime)
+    app.state.runtime = runtime
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@dataclass
+class TenantKeys:
+    tenant_id: uuid.UUID
+    admin: dict[str, str]  # headers with a key holding both scopes
+    memory: dict[str, str]  # headers with a memory-only key
+    admin_only: dict[str, str]  # headers with an admin-only key
+
+
+async def make_tenant(runtime: Runtime, name: str) -> TenantKeys:
+    async with runtime.sessions() as db:
+        full = await tenants.create_key(
+            db, tenant_id=None, name="full", scopes=[Scope.admin, Scope.memory], tenant_name=name
+        )
+        memory = await tenants.create_key(
+            db, tenant_id=full.tenant_id, name="memory", scopes=[Scope.memory]
+        )
+        admin = await tenants.create_key(
+            db, tenant_id=full.tenant_id, name="admin", scopes=[Scope.admin]
+        )
+        await db.commit()
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    return TenantKeys(
+        full.tenant_id, bearer(full.plaintext), bearer(memory.plaintext), bearer(admin.plaintext)
+    )
+
+
+@pytest.fixture
+async def tenant_a(runtime: Runtime) -> TenantKeys:
+    return await make_tenant(runtime, "tenant-a")
+
+
+@pytest.fixture
+async def tenant_b(runtime: Runtime) -> TenantKeys:
+    return await make_tenant(runtime, "tenant-b")

