@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app.core.config import Settings, get_settings
-from app.core.db import EmbeddedPostgres, create_engine, session_factory, transaction, upgrade_to_head
+from app.core.db import (
+    EmbeddedPostgres,
+    create_engine,
+    session_factory,
+    transaction,
+    upgrade_to_head,
+)
 from app.models import Scope
 from app.tenants import service as tenants
 
@@ -46,8 +52,11 @@ def _bootstrap(database_url: str) -> None:
     issued = asyncio.run(_with_db(database_url, tenants.bootstrap))
     if issued is not None:
         print(
-            "\nCreated tenant", issued.tenant_id, "and its admin API key (shown only once):\n\n   ",
-            issued.plaintext, "\n",
+            "\nCreated tenant",
+            issued.tenant_id,
+            "and its admin API key (shown only once):\n\n   ",
+            issued.plaintext,
+            "\n",
             flush=True,
         )
 
@@ -61,11 +70,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if resolved.bootstrap_admin:
             _bootstrap(resolved.database_url)
         env = {**os.environ, "MEMR1_DATABASE_URL": resolved.database_url}
-        worker = None
+        workers = []
         if resolved.start_worker and not args.no_worker:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--pool", "solo"], env=env
-            )
+            # Two solo workers: a long training run never holds up ingestion.
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "worker", "--queues", queue], env=env
+                )
+                for queue in ("ingest", "training")
+            ]
         os.environ["MEMR1_DATABASE_URL"] = resolved.database_url
         get_settings.cache_clear()
         try:
@@ -78,14 +91,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 log_level=resolved.log_level.lower(),
             )
         finally:
-            if worker is not None:
+            for worker in workers:
                 worker.terminate()
+            for worker in workers:
                 worker.wait(timeout=30)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.celery_app import INGEST_QUEUE, celery
+    from workers.celery_app import INGEST_QUEUE, get_celery
     from workers.tasks.ingest import resume_queued
 
     queues = args.queues.split(",")
@@ -96,7 +110,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["worker", "-Q", ",".join(queues), "--pool", args.pool, "-l", settings.log_level]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
-    celery.worker_main(argv)
+    get_celery().worker_main(argv)
     return 0
 
 
@@ -120,15 +134,18 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
                 return await tenants.create_key(db, tenant_id=tenant, name=args.name, scopes=scopes)
 
             issued = asyncio.run(_with_db(url, create))
-            print(f"tenant {issued.tenant_id}\nkey id {issued.key_id}\nscopes {','.join(issued.scopes)}")
+            granted = ",".join(issued.scopes)
+            print(f"tenant {issued.tenant_id}\nkey id {issued.key_id}\nscopes {granted}")
             print(f"API key (shown only once): {issued.plaintext}")
         elif args.action == "list":
             tenant = uuid.UUID(args.tenant) if args.tenant else None
             keys = asyncio.run(_with_db(url, lambda db: tenants.list_keys(db, tenant)))
             for key in keys:
                 state = "revoked" if key.revoked_at else "live"
-                print(f"{key.id}  tenant={key.tenant_id}  {key.name!r}  mr1_{key.prefix}_…  "
-                      f"scopes={','.join(key.scopes)}  {state}")
+                print(
+                    f"{key.id}  tenant={key.tenant_id}  {key.name!r}  mr1_{key.prefix}_…  "
+                    f"scopes={','.join(key.scopes)}  {state}"
+                )
         else:
             key_id = uuid.UUID(args.key_id)
             asyncio.run(_with_db(url, lambda db: tenants.revoke_key(db, key_id)))
@@ -172,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args, settings))
 
 

@@ -50,7 +50,9 @@ class InProcessEmbedder:
 class OpenAICompatEmbedder:
     """POST /embeddings on any OpenAI-compatible server serving a 384-d model."""
 
-    def __init__(self, settings: EmbeddingSettings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self, settings: EmbeddingSettings, transport: httpx.AsyncBaseTransport | None = None
+    ):
         headers = {}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.adapters import service as adapters
+from app.adapters.router import router as adapters_router
 from app.ask.router import router as ask_router
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
@@ -16,6 +17,7 @@ from app.health.router import router as health_router
 from app.ingestion.router import router as ingestion_router
 from app.memories.router import router as memories_router
 from app.sessions.router import router as sessions_router
+from app.training_jobs.router import router as training_router
 from app.users.router import router as users_router
 
 
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         users_router,
         ask_router,
         feedback_router,
+        training_router,
+        adapters_router,
     ):
         app.include_router(router)
     return app

@@ -258,6 +258,7 @@ class TrainingJob(Base):
     algorithm: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16))
     dataset: Mapped[str | None] = mapped_column(Text)
+    validation_dataset: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]]
     activate: Mapped[str] = mapped_column(String(16), default="if_better")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)

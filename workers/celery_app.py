@@ -3,6 +3,7 @@ Postgres through kombu's SQLAlchemy transport (its tables come from our migratio
 are recorded in our own job rows, so there is no result backend."""
 
 import uuid
+from functools import lru_cache
 
 from celery import Celery
 
@@ -39,12 +40,20 @@ def create_celery(settings: Settings) -> Celery:
     return celery
 
 
-celery = create_celery(get_settings())
+@lru_cache
+def get_celery() -> Celery:
+    """The process's Celery app, configured from the settings."""
+    return create_celery(get_settings())
+
+
+def send(celery: Celery, task: str, job_id: uuid.UUID) -> None:
+    queue = INGEST_QUEUE if task == INGEST_TASK else TRAINING_QUEUE
+    celery.send_task(task, args=[str(job_id)], queue=queue)
 
 
 def enqueue_ingestion(job_id: uuid.UUID) -> None:
-    celery.send_task(INGEST_TASK, args=[str(job_id)], queue=INGEST_QUEUE)
+    send(get_celery(), INGEST_TASK, job_id)
 
 
 def enqueue_training(job_id: uuid.UUID) -> None:
-    celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=TRAINING_QUEUE)
+    send(get_celery(), TRAIN_TASK, job_id)

@@ -8,7 +8,9 @@ from pydantic import Field, StringConstraints
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
 ID_HELP = "1-200 characters: letters, digits and _ . : @ -"
 
-ExternalId = Annotated[str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description=ID_HELP)]
+ExternalId = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description=ID_HELP)
+]
 ExternalIdField = Annotated[
     str,
     StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN),

@@ -30,8 +30,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         )
     if current != head:
         return JSONResponse(
-            {"status": "unavailable", "detail": f"schema at {current}, expected {head}: run "
-             "`memory-r1 migrate`"},
+            {
+                "status": "unavailable",
+                "detail": f"schema at {current}, expected {head}: run `memory-r1 migrate`",
+            },
             status_code=503,
         )
     return JSONResponse({"status": "ready", "schema": current})

@@ -58,7 +58,9 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
         context = _Context(
             job=job,
             extractor=await adapters.resolve(runtime, job.tenant_id, Agent.extractor, "active"),
-            manager=await adapters.resolve(runtime, job.tenant_id, Agent.manager, job.manager_adapter),
+            manager=await adapters.resolve(
+                runtime, job.tenant_id, Agent.manager, job.manager_adapter
+            ),
         )
         result: dict[str, Any] = dict(job.result or {"processed_turns": 0, "operations": []})
         for turn in turns[result["processed_turns"] :]:
@@ -80,7 +82,9 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
     return await get_job(runtime, job.tenant_id, job.id)
 
 
-async def _finish(runtime: Runtime, job_id: uuid.UUID, status: JobStatus, error: str | None) -> None:
+async def _finish(
+    runtime: Runtime, job_id: uuid.UUID, status: JobStatus, error: str | None
+) -> None:
     async with transaction(runtime.sessions) as db:
         await repository.finish(db, job_id, status, error)
 
@@ -158,6 +162,10 @@ async def _manage_fact(
             episode_id=episode.id,
         )
     if decision.rejected or stale:
-        log.info("episode %s: %d rejected, %d stale operations", episode.id,
-                 len(decision.rejected), len(stale))
+        log.info(
+            "episode %s: %d rejected, %d stale operations",
+            episode.id,
+            len(decision.rejected),
+            len(stale),
+        )
     return applied

@@ -77,7 +77,9 @@ async def list_page(
 ) -> Sequence[Memory]:
     query = (
         select(Memory)
-        .where(Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.deleted_at.is_(None))
+        .where(
+            Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.deleted_at.is_(None)
+        )
         .order_by(Memory.created_at.desc(), Memory.id)
         .limit(limit)
         .offset(offset)

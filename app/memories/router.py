@@ -62,7 +62,9 @@ async def update_memory(
 
 
 @router.delete("/memories/{memory_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_memory(memory_id: uuid.UUID, principal: MemoryPrincipal, db: DbSession) -> Response:
+async def delete_memory(
+    memory_id: uuid.UUID, principal: MemoryPrincipal, db: DbSession
+) -> Response:
     await service.delete_manual(db, principal.tenant_id, memory_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -5,14 +5,12 @@ model call."""
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import LimitSettings
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.embeddings import Embedder
-from app.memory.schemas import Fact, OpKind, Operation
 from app.memories import repository
 from app.memories.schemas import (
     MemoryCreate,
@@ -21,6 +19,7 @@ from app.memories.schemas import (
     MemoryRead,
     MemoryUpdate,
 )
+from app.memory.schemas import Fact, Operation, OpKind
 from app.models import Actor, Memory, MemoryOp
 from app.users import repository as users
 from app.users import service as users_service

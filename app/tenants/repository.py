@@ -2,10 +2,15 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import ApiKey, Tenant
+
+
+async def lock_bootstrap(session: AsyncSession) -> None:
+    """Serialise first-start bootstrapping (several API replicas may start at once)."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('bootstrap', 0))"))
 
 
 async def count_tenants(session: AsyncSession) -> int:
@@ -24,7 +29,11 @@ async def get_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant | No
 
 
 async def add_key(
-    session: AsyncSession, tenant_id: uuid.UUID, name: str, prefix: str, key_hash: str,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    name: str,
+    prefix: str,
+    key_hash: str,
     scopes: list[str],
 ) -> ApiKey:
     key = ApiKey(tenant_id=tenant_id, name=name, prefix=prefix, key_hash=key_hash, scopes=scopes)

@@ -42,6 +42,7 @@ async def create_key(
 
 async def bootstrap(session: AsyncSession) -> IssuedKey | None:
     """On an empty database: one tenant and one admin key (printed once by the caller)."""
+    await repository.lock_bootstrap(session)
     if await repository.count_tenants(session):
         return None
     return await create_key(

@@ -20,7 +20,9 @@ async def erase_user(session: AsyncSession, tenant_id: uuid.UUID, external_id: s
     await repository.delete_user(session, user.id)
 
 
-async def require_user_by_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> User:
+async def require_user_by_id(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> User:
     user = await repository.get(session, tenant_id, user_id)
     if user is None:
         raise NotFound(f"user {user_id} not found")

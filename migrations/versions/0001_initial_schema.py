@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("algorithm", sa.String(length=16), nullable=False),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("dataset", sa.Text(), nullable=True),
+        sa.Column("validation_dataset", sa.Text(), nullable=True),
         sa.Column("params", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("activate", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),

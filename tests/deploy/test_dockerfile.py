@@ -5,9 +5,7 @@ the files, since no Docker engine is needed to check what the image is built fro
 """
 
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -16,6 +14,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.deploy import deploy_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -91,19 +91,16 @@ def project_dependencies() -> list[Requirement]:
 # --- hadolint --------------------------------------------------------------------------------
 
 
-def hadolint() -> str | None:
-    beside_python = Path(sys.executable).parent / "hadolint"
-    return str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+HADOLINT = deploy_tool("hadolint")
 
 
 @pytest.mark.skipif(
-    hadolint() is None, reason="hadolint not installed; run scripts/install-deploy-tools.sh"
+    HADOLINT is None, reason="hadolint not installed; run scripts/install-deploy-tools.sh"
 )
 def test_hadolint_passes() -> None:
-    binary = hadolint()
-    assert binary is not None
+    assert HADOLINT is not None
     result = subprocess.run(
-        [binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

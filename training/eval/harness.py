@@ -19,7 +19,7 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ class EvalOptions:
     seed: int = 0
     concurrency: int = 1  # questions in flight per configuration
     progress: bool = True
-    data_files: tuple[str, ...] = field(default=())
+    data_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.categories) - set(CATEGORY_NAMES))
@@ -189,6 +189,11 @@ class _Run:
         options.out_dir.mkdir(parents=True, exist_ok=True)
         self.state = RunState(options.out_dir / STATE_FILE)
         self.state.check(targets, options)
+        if judge is not None:
+            # Kept in the state so a later run without the judge still names the one whose
+            # labels its results hold.
+            self.state.data["judge"] = judge.describe()
+            self.state.save()
         self.results = ResultsFile(options.out_dir / QUESTIONS_FILE)
         self.selection = {
             c.sample_id: select_questions(
@@ -345,17 +350,12 @@ class _Run:
         }
         configs = {target.name: self.config_summary(target, selected) for target in self.targets}
         notes = []
-        if any(t.bank_key for t in self.targets):
+        banks = [t.bank_key for t in self.targets if t.bank_key is not None]
+        if len(set(banks)) < len(banks):
             notes.append(
                 "Configurations with the same manager adapter answer from one memory bank per "
                 "conversation (ingested once); its ingestion time is listed under each of them."
             )
-        if self.judge is None:
-            judge = self.state.data.get("judge")
-        else:
-            judge = self.judge.describe()
-            self.state.data["judge"] = judge
-            self.state.save()
         return {
             "run_id": self.state.run_id,
             "created_at": self.state.data["created_at"],
@@ -366,7 +366,7 @@ class _Run:
             "limit_questions": self.options.limit_questions,
             "seed": self.options.seed,
             "answer_prompt_version": ANSWER_PROMPT_VERSION,
-            "judge": judge,
+            "judge": self.state.data.get("judge"),
             "run_wall_seconds": round(wall_seconds, 1),
             "configs": configs,
             "notes": notes,
@@ -380,12 +380,13 @@ class _Run:
         ]
         bank = _bank(target)
         ingest = 0.0
+        notes = []
         for conversation in self.conversations:
             entry = self.state.entry(bank, conversation.sample_id)
-            if entry is not None and entry.get("done"):
-                ingest += float(entry.get("seconds", 0.0))
+            if entry is not None and entry["done"]:
+                ingest += float(entry["seconds"])
+                notes += [f"{conversation.sample_id}: {note}" for note in entry["notes"]]
         answer = sum(float(r["latency_ms"]) for r in rows) / 1000
-        notes = []
         if len(rows) < len(selected):
             notes.append(
                 f"{len(selected) - len(rows)} of {len(selected)} questions have no answer yet "
@@ -394,10 +395,9 @@ class _Run:
         unusable = sum(1 for r in rows if r["error"])
         if unusable:
             notes.append(f"{unusable} answers were unusable model output, scored as empty")
-        truncated = sum(1 for r in rows if r["note"] and r["note"].startswith("context truncated"))
-        if truncated:
-            example = next(r["note"] for r in rows if r["note"])
-            notes.append(f"{truncated} of {len(rows)} prompts were truncated, e.g. {example}")
+        noted = [r["note"] for r in rows if r["note"]]
+        if noted:
+            notes.append(f"{len(noted)} of {len(rows)} answers carry a note, e.g.: {noted[0]}")
         return {
             "target": target.describe(),
             "models": sorted({r["model"] for r in rows if r["model"]}),

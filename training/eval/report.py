@@ -69,7 +69,7 @@ def _judge_cell(scores: Mapping[str, Any], judge_configured: bool) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value:,.0f}"
+    return f"{value:,.1f}"
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:

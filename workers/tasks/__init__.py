@@ -1,1 +1,1 @@
-from workers.tasks import ingest  # noqa: F401  (registers the tasks)
+from workers.tasks import ingest, train  # noqa: F401  (registers the tasks)

@@ -4,14 +4,14 @@ import asyncio
 import logging
 import uuid
 
-from celery import Task
+from celery import Task, shared_task
 
 from app.core.db import create_engine, session_factory, transaction
 from app.core.errors import Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
 from app.models import JobStatus
-from workers.celery_app import INGEST_TASK, celery, enqueue_ingestion
+from workers.celery_app import INGEST_TASK, enqueue_ingestion
 from workers.runtime import run, runtime
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ async def _process(job_id: uuid.UUID) -> str | None:
     return job.status if job else None
 
 
-@celery.task(name=INGEST_TASK, bind=True, max_retries=None)
+@shared_task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest(self: Task, job_id: str) -> None:
     status = run(_process(uuid.UUID(job_id)))
     if status == JobStatus.queued:

@@ -158,6 +158,7 @@ async def test_configs_sharing_a_bank_ingest_once(
     assert len(trained.asked) == 10
     rows = _rows(tmp_path)
     assert {r["user_id"] for r in rows} == {base.prepared[0][1]}
+    assert any("one memory bank" in note for note in _summary(tmp_path)["notes"])
 
 
 async def test_an_interrupted_run_resumes_where_it_stopped(

@@ -52,7 +52,7 @@ def test_aggregate_per_category_and_overall() -> None:
 def test_markdown_without_a_judge_says_not_configured() -> None:
     summary = _summary({"base": [_row(4, 1.0), _row(2, 0.5)]}, judge=False)
     text = render_markdown(summary)
-    assert "| base | 75.00 | 37.50 | not configured | 75.00 | 2 | 12 | 4 | 16 |" in text
+    assert "| base | 75.00 | 37.50 | not configured | 75.00 | 2 | 12.0 | 3.5 | 15.5 |" in text
     assert "| base | temporal | 50.00 | 25.00 | not configured | 1 |" in text
     assert "- judge: not configured" in text
     assert "- a run note" in text

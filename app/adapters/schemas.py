@@ -1,0 +1,19 @@
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class AdapterRead(BaseModel):
+    id: uuid.UUID
+    agent: str
+    name: str
+    base_model: str
+    path: str
+    rank: int
+    status: str
+    validation_metrics: dict[str, Any] | None
+    training_job_id: uuid.UUID | None
+    created_at: datetime
+    activated_at: datetime | None

@@ -1,0 +1,85 @@
+"""Training jobs: validated and stored here, run by a worker (workers/tasks/train.py)."""
+
+import uuid
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import transaction
+from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.runtime import Runtime
+from app.models import JobStatus, TrainingJob
+from app.training_jobs import repository
+from app.training_jobs.schemas import TrainingJobCreate, TrainingJobRead
+from training.config import GRPOJobConfig
+
+
+def _check(body: TrainingJobCreate) -> None:
+    try:
+        # Paths are chosen by the worker; placeholders let the rest of the config be checked now.
+        GRPOJobConfig.from_params(
+            body.params, agent=body.agent, output_dir=Path("."), base_model_dir=Path(".")
+        )
+    except (TypeError, ValueError) as exc:
+        raise Unprocessable(f"params: {exc}") from exc
+    if body.source == "dataset" and not body.dataset:
+        raise Unprocessable("source 'dataset' needs 'dataset': a LoCoMo-format JSON file path")
+    for name in ("dataset", "validation_dataset"):
+        path = getattr(body, name)
+        if path and not Path(path).is_file():
+            raise Unprocessable(f"{name} {path!r} is not a readable file on the server")
+    if body.activate == "if_better" and not body.validation_dataset:
+        raise Unprocessable(
+            "activate 'if_better' compares adapters on a validation set: give "
+            "'validation_dataset', or set activate to 'always' or 'never'"
+        )
+
+
+async def create_job(
+    runtime: Runtime, tenant_id: uuid.UUID, body: TrainingJobCreate
+) -> TrainingJobRead:
+    """Store the job, commit, then enqueue it."""
+    _check(body)
+    async with transaction(runtime.sessions) as db:
+        job = await repository.add(
+            db,
+            TrainingJob(
+                tenant_id=tenant_id,
+                agent=body.agent,
+                algorithm=body.algorithm,
+                source=body.source,
+                dataset=body.dataset,
+                validation_dataset=body.validation_dataset,
+                params=body.params,
+                activate=body.activate,
+                status=JobStatus.queued,
+                cancel_requested=False,
+                logs="",
+            ),
+        )
+    runtime.enqueue_training(job.id)
+    return TrainingJobRead.from_job(job)
+
+
+async def get_job(db: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> TrainingJobRead:
+    job = await repository.get(db, job_id, tenant_id)
+    if job is None:
+        raise NotFound(f"training job {job_id} not found")
+    return TrainingJobRead.from_job(job)
+
+
+async def list_jobs(db: AsyncSession, tenant_id: uuid.UUID, limit: int) -> list[TrainingJobRead]:
+    return [TrainingJobRead.from_job(j) for j in await repository.list_jobs(db, tenant_id, limit)]
+
+
+async def cancel(db: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> TrainingJobRead:
+    job = await repository.get(db, job_id, tenant_id)
+    if job is None:
+        raise NotFound(f"training job {job_id} not found")
+    if job.status not in (JobStatus.queued, JobStatus.running):
+        raise Conflict(f"training job {job_id} is already {job.status}")
+    if not await repository.cancel_if_queued(db, job_id):
+        # Running: the worker sees the request at its next heartbeat and stops the run.
+        await repository.request_cancel(db, tenant_id, job_id)
+    await db.refresh(job)
+    return TrainingJobRead.from_job(job)

@@ -1,0 +1,60 @@
+"""GET /ingestions/{id}: the state of a background ingestion job."""
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.helpers import assert_error, assert_forbidden, assert_unauthorised, turns_body
+from tests.conftest import TenantKeys
+
+
+@pytest.fixture
+async def accepted(client: httpx.AsyncClient, tenant_a: TenantKeys) -> dict[str, Any]:
+    r = await client.post(
+        "/sessions/s1/turns", json=turns_body("alice", "one", "two"), headers=tenant_a.memory
+    )
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+class TestGetIngestion:
+    async def test_unauthorised(
+        self, client: httpx.AsyncClient, bad_auth: dict[str, str], accepted: dict[str, Any]
+    ) -> None:
+        r = await client.get(f"/ingestions/{accepted['ingestion_job_id']}", headers=bad_auth)
+        assert_unauthorised(r)
+
+    async def test_admin_only_key_is_forbidden(
+        self, client: httpx.AsyncClient, tenant_a: TenantKeys, accepted: dict[str, Any]
+    ) -> None:
+        r = await client.get(
+            f"/ingestions/{accepted['ingestion_job_id']}", headers=tenant_a.admin_only
+        )
+        assert_forbidden(r)
+
+    async def test_invalid_id(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
+        r = await client.get("/ingestions/job-1", headers=tenant_a.memory)
+        assert_error(r, 422, "invalid_input", "job_id", "UUID")
+
+    async def test_unknown_id(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
+        missing = uuid.uuid4()
+        r = await client.get(f"/ingestions/{missing}", headers=tenant_a.memory)
+        assert_error(r, 404, "not_found", str(missing))
+
+    async def test_reads_a_queued_job(
+        self, client: httpx.AsyncClient, tenant_a: TenantKeys, accepted: dict[str, Any]
+    ) -> None:
+        r = await client.get(f"/ingestions/{accepted['ingestion_job_id']}", headers=tenant_a.memory)
+
+        assert r.status_code == 200, r.text
+        job = r.json()
+        assert job["id"] == accepted["ingestion_job_id"]
+        assert job["status"] == "queued"
+        assert job["attempts"] == 0 and job["error"] is None
+        assert job["turn_count"] == 2 and job["processed_turns"] == 0
+        assert job["operations"] == []
+        assert job["started_at"] is None and job["finished_at"] is None
+        assert job["created_at"] is not None

@@ -1,0 +1,131 @@
+"""DELETE /users/{id}: erasure of everything stored about a user."""
+
+import uuid
+
+import httpx
+from sqlalchemy import Table, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Base, Feedback, User
+from tests.api.helpers import Stored, assert_error, assert_forbidden, assert_unauthorised, populate
+from tests.conftest import TenantKeys
+from tests.fixtures.fake_llm import FakeLLM
+
+# Every table holding a user's rows, by its user_id column; feedback is reached via episodes.
+USER_TABLES = {"sessions", "turns", "memories", "memory_events", "episodes", "ingestion_jobs"}
+
+
+async def rows_of(db: AsyncSession, stored: Stored) -> dict[str, int]:
+    """How many rows of each table belong to the user."""
+    tables: list[Table] = [t for t in Base.metadata.tables.values() if "user_id" in t.c]
+    assert {t.name for t in tables} == USER_TABLES
+    counts = {
+        table.name: int(
+            await db.scalar(
+                select(func.count()).select_from(table).where(table.c.user_id == stored.user_id)
+            )
+            or 0
+        )
+        for table in tables
+    }
+    counts["users"] = int(
+        await db.scalar(select(func.count()).select_from(User).where(User.id == stored.user_id))
+        or 0
+    )
+    counts["feedback"] = int(
+        await db.scalar(
+            select(func.count())
+            .select_from(Feedback)
+            .where(Feedback.episode_id.in_(stored.episode_ids))
+        )
+        or 0
+    )
+    return counts
+
+
+class TestEraseUser:
+    async def test_unauthorised(
+        self, client: httpx.AsyncClient, bad_auth: dict[str, str], tenant_a: TenantKeys
+    ) -> None:
+        await client.post("/users/alice/memories", json={"text": "t"}, headers=tenant_a.memory)
+        assert_unauthorised(await client.delete("/users/alice", headers=bad_auth))
+        r = await client.get("/users/alice/memories", headers=tenant_a.memory)
+        assert len(r.json()["items"]) == 1
+
+    async def test_admin_only_key_is_forbidden(
+        self, client: httpx.AsyncClient, tenant_a: TenantKeys
+    ) -> None:
+        await client.post("/users/alice/memories", json={"text": "t"}, headers=tenant_a.memory)
+        assert_forbidden(await client.delete("/users/alice", headers=tenant_a.admin_only))
+        r = await client.get("/users/alice/memories", headers=tenant_a.memory)
+        assert len(r.json()["items"]) == 1
+
+    async def test_invalid_id(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
+        r = await client.delete("/users/alice%20smith", headers=tenant_a.memory)
+        assert_error(r, 422, "invalid_input", "user_id")
+        r = await client.delete(f"/users/{'a' * 201}", headers=tenant_a.memory)
+        assert_error(r, 422, "invalid_input", "user_id")
+
+    async def test_unknown_user(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
+        r = await client.delete("/users/nobody", headers=tenant_a.memory)
+        assert_error(r, 404, "not_found", "'nobody'")
+
+    async def test_erases_every_row_of_the_user(
+        self,
+        client: httpx.AsyncClient,
+        tenant_a: TenantKeys,
+        tenant_b: TenantKeys,
+        fake_llm: FakeLLM,
+        db: AsyncSession,
+    ) -> None:
+        alice = await populate(client, tenant_a, fake_llm, db, "alice")
+        bob = await populate(client, tenant_a, fake_llm, db, "bob")
+        other_alice = await populate(client, tenant_b, fake_llm, db, "alice")
+        before = {s.user_id: await rows_of(db, s) for s in (alice, bob, other_alice)}
+        assert all(count > 0 for counts in before.values() for count in counts.values()), before
+
+        r = await client.delete("/users/alice", headers=tenant_a.memory)
+
+        assert r.status_code == 204, r.text
+        assert r.content == b""
+        after = await rows_of(db, alice)
+        assert after == dict.fromkeys(after, 0)
+        assert await rows_of(db, bob) == before[bob.user_id]
+        assert await rows_of(db, other_alice) == before[other_alice.user_id]
+
+        assert_error(await client.delete("/users/alice", headers=tenant_a.memory), 404, "not_found")
+        r = await client.get("/users/alice/memories", headers=tenant_a.memory)
+        assert_error(r, 404, "not_found")
+        r = await client.get("/sessions/alice-s1/turns", headers=tenant_a.memory)
+        assert_error(r, 404, "not_found")
+        for memory_id in alice.memory_ids:
+            r = await client.get(f"/memories/{memory_id}", headers=tenant_a.memory)
+            assert_error(r, 404, "not_found")
+            r = await client.get(f"/memories/{memory_id}/history", headers=tenant_a.memory)
+            assert_error(r, 404, "not_found")
+        for job_id in alice.job_ids:
+            r = await client.get(f"/ingestions/{job_id}", headers=tenant_a.memory)
+            assert_error(r, 404, "not_found")
+        for episode_id in alice.episode_ids:
+            r = await client.post(
+                "/feedback", json={"episode_id": str(episode_id), "rating": 1},
+                headers=tenant_a.memory,
+            )
+            assert_error(r, 404, "not_found")
+
+        r = await client.get("/users/bob/memories", headers=tenant_a.memory)
+        assert {m["id"] for m in r.json()["items"]} == set(bob.memory_ids)
+        r = await client.get("/users/alice/memories", headers=tenant_b.memory)
+        assert {m["id"] for m in r.json()["items"]} == set(other_alice.memory_ids)
+
+    async def test_the_id_can_be_used_again(
+        self, client: httpx.AsyncClient, tenant_a: TenantKeys
+    ) -> None:
+        await client.post("/users/alice/memories", json={"text": "old"}, headers=tenant_a.memory)
+        assert (await client.delete("/users/alice", headers=tenant_a.memory)).status_code == 204
+
+        r = await client.post("/users/alice/memories", json={"text": "new"}, headers=tenant_a.memory)
+
+        assert r.status_code == 201, r.text
+        page = (await client.get("/users/alice/memories", headers=tenant_a.memory)).json()
+        assert [m["text"] for m in page["items"]] == ["new"]

@@ -1,0 +1,220 @@
+"""GRPO with a LoRA adapter for either agent, on TRL's GRPOTrainer.
+
+The policy is the base model with a fresh PEFT LoRA adapter; GRPO's reference model is the same
+model with the adapter disabled, so no second copy is held. For the Manager, the frozen Answer
+Agent that turns its banks into rewards is the serving backend on the base model.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from app.llm.inprocess import load_base_model
+from training.config import GRPOJobConfig
+from training.datasets import Retriever, load_encoder
+from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
+from training.validate import ServingAnswerer, open_backend
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Progress = Callable[[dict[str, Any]], None]
+ShouldStop = Callable[[], bool]
+
+# TRL's log keys -> the names progress reports use.
+_REPORTED = {
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "completions/mean_length": "completion_length",
+    "outcome": "outcome",
+    "format": "format",
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    metrics: dict[str, Any]  # summary: steps done, wall time, rows used, last rewards
+    history: list[dict[str, Any]]  # one progress report per optimizer step
+    stopped: bool = False  # True when should_stop ended the run early
+
+
+class _Reporter(TrainerCallback):
+    """Turns TRL's per-step logs into progress reports and honours ``should_stop``."""
+
+    def __init__(self, progress: Progress | None, should_stop: ShouldStop | None) -> None:
+        self.progress = progress
+        self.should_stop = should_stop
+        self.history: list[dict[str, Any]] = []
+        self.stopped = False
+        self._started = time.perf_counter()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "reward" not in logs:  # the end-of-training summary, not a step
+            return
+        report: dict[str, Any] = {"step": state.global_step, "total": state.max_steps}
+        report.update({name: logs[key] for key, name in _REPORTED.items() if key in logs})
+        report["elapsed_s"] = round(time.perf_counter() - self._started, 1)
+        self.history.append(report)
+        if self.progress is not None:
+            self.progress(report)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+            control.should_training_stop = True
+
+
+def select_rows(
+    rows: Sequence[Row], config: GRPOJobConfig, tokenizer: PreTrainedTokenizerBase
+) -> list[Row]:
+    """Rows whose prompt fits ``max_prompt_length``, shuffled with the seed and cut to
+    ``max_train_rows`` (a seeded shuffle keeps a cut representative of every category)."""
+    fitting = [row for row in rows if _prompt_tokens(row, tokenizer) <= config.max_prompt_length]
+    if len(fitting) < len(rows):
+        logger.warning(
+            "%d of %d rows exceed max_prompt_length=%d tokens and are skipped",
+            len(rows) - len(fitting),
+            len(rows),
+            config.max_prompt_length,
+        )
+    random.Random(config.seed).shuffle(fitting)
+    return fitting[: config.max_train_rows] if config.max_train_rows else fitting
+
+
+def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
+    encoded = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)
+    return len(encoded["input_ids"] if isinstance(encoded, dict) else encoded)
+
+
+def trl_config(config: GRPOJobConfig) -> GRPOConfig:
+    """The GRPOConfig of a job. Float32 on a CPU; bf16 and gradient checkpointing on a GPU,
+    where larger models run."""
+    cuda = torch.cuda.is_available()
+    if config.use_vllm and not cuda:
+        raise ValueError("use_vllm needs a CUDA GPU; set use_vllm to false to train on a CPU")
+    return GRPOConfig(
+        output_dir=str(config.output_dir),
+        learning_rate=config.learning_rate,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        beta=config.beta,
+        temperature=config.temperature,
+        seed=config.seed,
+        use_vllm=config.use_vllm,
+        vllm_mode="colocate",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=cuda,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        lr_scheduler_type="constant",
+        dataloader_num_workers=0,
+    )
+
+
+def run_grpo(
+    config: GRPOJobConfig,
+    train_rows: Sequence[Row],
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    retriever: Retriever | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter for ``config.agent`` with GRPO on ``train_rows`` and save it (with
+    an ``adapter_config.json`` naming the base model) to ``config.output_dir``.
+
+    ``progress`` receives one dict per optimizer step (step, total, reward_mean, reward_std,
+    kl, loss, ...); ``should_stop`` is polled after every step and ends training early when it
+    returns True (the adapter trained so far is still saved, ``TrainResult.stopped`` says so).
+    Manager rows need a ``retriever``; the bundled MiniLM is loaded when none is given."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_base_model(config.base_model_dir)
+    # Generation pads prompts on the left so every completion starts at the same column.
+    tokenizer.padding_side = "left"
+    rows = select_rows(train_rows, config, tokenizer)
+    if not rows:
+        raise ValueError("no training rows fit max_prompt_length; raise it or shorten prompts")
+    reporter = _Reporter(progress, should_stop)
+    reward, close = _reward(config, retriever)
+    try:
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[reward],
+            args=trl_config(config),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[reporter],
+            peft_config=_lora(config),
+        )
+        trainer.train()
+    finally:
+        close()
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(config.output_dir))
+    tokenizer.save_pretrained(str(config.output_dir))
+    metrics = _summary(reporter.history, len(rows), time.perf_counter() - started)
+    return TrainResult(config.output_dir, metrics, reporter.history, reporter.stopped)
+
+
+def _lora(config: GRPOJobConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _reward(
+    config: GRPOJobConfig, retriever: Retriever | None
+) -> tuple[RewardFunc, Callable[[], None]]:
+    """The job's reward function and what to call when training is over."""
+    if config.agent == "answer":
+        return answer_reward(config.reward, config.format_weight), lambda: None
+    retriever = retriever or Retriever(load_encoder())
+    llm = open_backend(config.base_model_dir)
+    reward = manager_outcome_reward(
+        ServingAnswerer(llm), config.reward, config.format_weight, retrieve=retriever.for_answer
+    )
+
+    def close() -> None:
+        asyncio.run(llm.close())
+
+    return reward, close
+
+
+def _summary(history: list[dict[str, Any]], rows: int, seconds: float) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    tail = history[-5:]
+    return {
+        "steps": last.get("step", 0),
+        "rows": rows,
+        "train_seconds": round(seconds, 1),
+        "reward_last": last.get("reward_mean"),
+        "reward_tail_mean": (sum(h["reward_mean"] for h in tail) / len(tail) if tail else None),
+        "reward_first": history[0]["reward_mean"] if history else None,
+    }

@@ -1,0 +1,113 @@
+"""One training job, end to end, in its own (spawned) process: rows -> GRPO -> validation.
+
+The worker that supervises it (workers/tasks/train.py) reads the events it puts on a queue:
+``("log", str)``, ``("metrics", dict)``, ``("result", dict)`` and ``("error", str)``."""
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from training.config import GRPOJobConfig
+from training.datasets import (
+    Retriever,
+    Row,
+    answer_rows_from_locomo,
+    load_encoder,
+    manager_rows_from_locomo,
+    rows_from_episodes,
+)
+from training.grpo import run_grpo
+from training.validate import evaluate_adapter
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    agent: str
+    params: dict[str, Any]
+    dataset: str | None
+    validation_dataset: str | None
+    adapter_name: str
+    output_dir: str
+    data_dir: str
+    base_model_dir: str | None  # None: the bundled SmolLM2
+    baseline_adapter_dir: str | None  # the active adapter the candidate must beat
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def locomo_rows(agent: str, path: str, retriever: Retriever) -> list[Row]:
+    if agent == "answer":
+        return answer_rows_from_locomo(path, retriever)
+    return manager_rows_from_locomo(path, retriever)
+
+
+def _train_rows(spec: JobSpec, retriever: Retriever) -> list[Row]:
+    if spec.dataset:
+        return locomo_rows(spec.agent, spec.dataset, retriever)
+    rows = rows_from_episodes(spec.episodes, spec.agent)
+    if not rows:
+        raise ValueError(
+            f"no {spec.agent} episodes with usable feedback yet: send POST /feedback with gold "
+            "answers (or ratings) first, or train from a dataset"
+        )
+    return rows
+
+
+def _validate(
+    spec: JobSpec, adapter_dir: Path, model_dir: Path, retriever: Retriever, events: Any
+) -> dict[str, Any]:
+    if not spec.validation_dataset:
+        return {}
+    rows = locomo_rows(spec.agent, spec.validation_dataset, retriever)
+    events.put(("log", f"validating on {len(rows)} rows"))
+    baseline = Path(spec.baseline_adapter_dir) if spec.baseline_adapter_dir else None
+    results = {}
+    for label, adapter in (("candidate", adapter_dir), ("baseline", baseline)):
+        results[label] = evaluate_adapter(
+            spec.agent, adapter, rows, base_model_dir=model_dir, retriever=retriever
+        )
+        events.put(("log", f"{label}: f1={results[label]['f1']:.4f}"))
+    results["baseline_adapter"] = spec.baseline_adapter_dir
+    return results
+
+
+def run_job(spec: JobSpec, events: Any) -> None:
+    """The spawned process's entry point. Never raises past the queue: errors become events
+    and a non-zero exit code."""
+    try:
+        model_dir = (
+            Path(spec.base_model_dir)
+            if spec.base_model_dir
+            else ensure_bundled_model(Path(spec.data_dir))
+        )
+        config = GRPOJobConfig.from_params(
+            spec.params,
+            agent=spec.agent,
+            output_dir=Path(spec.output_dir),
+            base_model_dir=model_dir,
+        )
+        retriever = Retriever(load_encoder())
+        rows = _train_rows(spec, retriever)
+        events.put(("log", f"{len(rows)} training rows for the {spec.agent} agent"))
+        trained = run_grpo(
+            config, rows, progress=lambda m: events.put(("metrics", m)), retriever=retriever
+        )
+        events.put(("metrics", trained.metrics))
+        validation = _validate(spec, trained.adapter_dir, model_dir, retriever, events)
+        events.put(
+            (
+                "result",
+                {
+                    "adapter_dir": str(trained.adapter_dir),
+                    "base_model": BUNDLED_MODEL_NAME if not spec.base_model_dir else str(model_dir),
+                    "rank": config.lora_r,
+                    "validation": validation,
+                },
+            )
+        )
+    except Exception as exc:
+        events.put(("error", f"{type(exc).__name__}: {exc}"))
+        events.put(("log", traceback.format_exc()))
+        raise SystemExit(1) from exc

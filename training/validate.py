@@ -1,0 +1,208 @@
+"""Validation of an adapter (or of the base model) on held-out rows, to gate adapters.
+
+Generation goes through the serving backend itself (``InProcessBackend``: greedy decoding
+constrained by the agent's JSON schema, the adapter loaded the way serving loads it), so the
+figures are what a user of the service would get with that adapter active.
+
+Answer rows: the Answer Agent answers each row's prompt; F1 / BLEU-1 / EM against the gold
+answer. Manager rows: the Manager (with the adapter) decides on the row's fact, its operations
+are applied to the row's bank, and the frozen base Answer Agent answers the row's question
+from the memories retrieved from that bank; the metrics score that answer (the paper's outcome).
+"""
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import BadUpstreamResponse
+from app.llm.inprocess import InProcessBackend
+from app.memory.answer import answer_question, parse_answer
+from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
+from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, MANAGER_MAX_TOKENS, MANAGER_SCHEMA
+from app.memory.schemas import MemoryView
+from training.datasets import Retriever, fact_from_dict, load_encoder, memory_from_dict
+from training.eval.metrics import AnswerScores, score_answer
+
+CANDIDATE_ADAPTER = "candidate"
+MAX_LORA_RANK = 256
+
+Row = dict[str, Any]
+Progress = Callable[[int, int], None]
+
+
+def open_backend(base_model_dir: Path, max_batch_size: int = 8) -> InProcessBackend:
+    """The serving backend over ``base_model_dir``; adapters are matched to it by name."""
+    return InProcessBackend(
+        base_model_dir,
+        base_model=str(base_model_dir),
+        max_batch_size=max_batch_size,
+        max_lora_rank=MAX_LORA_RANK,
+    )
+
+
+class ServingAnswerer:
+    """The Answer Agent as serving runs it, callable synchronously on a batch of requests.
+
+    With ``adapter=None`` it is the frozen base model: the Manager's reward judges the bank
+    with an answerer that does not move while the Manager trains."""
+
+    def __init__(self, llm: InProcessBackend, adapter: str | None = None) -> None:
+        self.llm = llm
+        self.adapter = adapter
+
+    def __call__(self, requests: Sequence[tuple[str, list[MemoryView]]]) -> list[str | None]:
+        return asyncio.run(self.answer_all(requests))
+
+    async def answer_all(
+        self, requests: Sequence[tuple[str, list[MemoryView]]]
+    ) -> list[str | None]:
+        results = await asyncio.gather(
+            *(answer_question(self.llm, q, m, adapter=self.adapter) for q, m in requests)
+        )
+        return [result.answer for result in results]
+
+
+def evaluate_adapter(
+    agent: str,
+    adapter_dir: Path | None,
+    val_rows: Sequence[Row],
+    *,
+    base_model_dir: Path,
+    retriever: Retriever | None = None,
+    max_batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """F1 / BLEU-1 / EM (means, and per LoCoMo category) of ``agent`` with the adapter at
+    ``adapter_dir`` (None: the base model) on ``val_rows``, plus the share of unusable outputs.
+
+    Manager rows need a ``retriever`` (the bundled MiniLM is loaded when none is given)."""
+    if agent not in ("answer", "manager"):
+        raise ValueError(f"agent must be 'answer' or 'manager', got {agent!r}")
+    if not val_rows:
+        raise ValueError("no validation rows")
+    if agent == "manager" and retriever is None:
+        retriever = Retriever(load_encoder())
+    return asyncio.run(
+        _evaluate(agent, adapter_dir, val_rows, base_model_dir, retriever, max_batch_size, progress)
+    )
+
+
+async def _evaluate(
+    agent: str,
+    adapter_dir: Path | None,
+    rows: Sequence[Row],
+    base_model_dir: Path,
+    retriever: Retriever | None,
+    max_batch_size: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    llm = open_backend(base_model_dir, max_batch_size)
+    try:
+        adapter = None
+        if adapter_dir is not None:
+            await llm.load_adapter(CANDIDATE_ADAPTER, str(adapter_dir))
+            adapter = CANDIDATE_ADAPTER
+        done = 0
+
+        async def one(row: Row) -> tuple[str | None, dict[str, Any]]:
+            nonlocal done
+            if agent == "answer":
+                result = await _answer_row(llm, adapter, row)
+            else:
+                assert retriever is not None
+                result = await _manager_row(llm, adapter, row, retriever)
+            done += 1
+            if progress is not None:
+                progress(done, len(rows))
+            return result
+
+        outputs = await asyncio.gather(*(one(row) for row in rows))
+    finally:
+        await llm.close()
+    report = summarise([answer for answer, _ in outputs], rows)
+    if agent == "manager":
+        report["operations"] = dict(sum((Counter(info["ops"]) for _, info in outputs), Counter()))
+    report.update(
+        agent=agent,
+        adapter=str(adapter_dir) if adapter_dir is not None else None,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return report
+
+
+async def _answer_row(
+    llm: InProcessBackend, adapter: str | None, row: Row
+) -> tuple[str | None, dict[str, Any]]:
+    try:
+        completion = await llm.complete(
+            row["prompt"],
+            json_schema=ANSWER_SCHEMA,
+            adapter=adapter,
+            temperature=0.0,
+            max_tokens=ANSWER_MAX_TOKENS,
+        )
+    except BadUpstreamResponse:
+        return None, {}
+    _, answer, _ = parse_answer(completion.parsed, [])
+    return answer, {}
+
+
+async def _manager_row(
+    llm: InProcessBackend, adapter: str | None, row: Row, retriever: Retriever
+) -> tuple[str | None, dict[str, Any]]:
+    candidates = [memory_from_dict(m) for m in row["candidates"]]
+    bank = [memory_from_dict(m) for m in row["bank"]]
+    try:
+        completion = await llm.complete(
+            row["prompt"],
+            json_schema=MANAGER_SCHEMA,
+            adapter=adapter,
+            temperature=0.0,
+            max_tokens=MANAGER_MAX_TOKENS,
+        )
+        parsed = completion.parsed
+    except BadUpstreamResponse:
+        parsed = None
+    ops = ["INVALID"]
+    if malformed_reason(parsed) is None:
+        operations, _ = validate_operations(parsed, candidates)
+        bank = apply_to_bank(bank, operations, fact=fact_from_dict(row["fact"]))
+        ops = [op.kind.value for op in operations] or ["NOOP"]
+    memories = retriever.for_answer(row["question"], bank, row["speakers"])
+    # The frozen Answer Agent: the base model, whatever adapter the Manager runs with.
+    result = await answer_question(llm, row["question"], memories)
+    return result.answer, {"ops": ops}
+
+
+def summarise(answers: Sequence[str | None], rows: Sequence[Row]) -> dict[str, Any]:
+    """Mean F1 / BLEU-1 / EM overall and per category; unusable answers score 0."""
+    per_category: dict[int, list[AnswerScores]] = defaultdict(list)
+    for answer, row in zip(answers, rows, strict=True):
+        category = int(row["category"])
+        scores = (
+            score_answer(answer, row["gold"], category)
+            if answer is not None
+            else AnswerScores(0.0, 0.0, 0.0)
+        )
+        per_category[category].append(scores)
+    everything = [s for scores in per_category.values() for s in scores]
+    return {
+        **_means(everything),
+        "rows": len(rows),
+        "unusable": sum(a is None for a in answers) / len(rows),
+        "per_category": {c: _means(s) for c, s in sorted(per_category.items())},
+    }
+
+
+def _means(scores: Sequence[AnswerScores]) -> dict[str, float]:
+    n = len(scores)
+    return {
+        "f1": sum(s.f1 for s in scores) / n,
+        "bleu1": sum(s.bleu1 for s in scores) / n,
+        "em": sum(s.em for s in scores) / n,
+        "n": n,
+    }
