@@ -18,6 +18,7 @@ from app.core.db import (
     transaction,
     upgrade_to_head,
 )
+from app.core.runtime import build_runtime
 from app.models import Scope
 from app.tenants import service as tenants
 
@@ -153,6 +154,40 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _eval_in_process(args: argparse.Namespace, settings: Settings) -> None:
+    from app.main import create_app
+    from training.eval.cli import run_from_args
+
+    runtime = await build_runtime(settings, with_queue=True)
+    try:
+        if not args.api_key:
+            async with transaction(runtime.sessions) as db:
+                issued = await tenants.create_key(
+                    db, tenant_id=None, name="eval", scopes=[Scope.memory], tenant_name="eval"
+                )
+            args.api_key = issued.plaintext
+        app = create_app(settings, runtime)
+        app.state.runtime = runtime
+        out = await run_from_args(args, app=app, llm=runtime.llm, embedder=runtime.embedder)
+        print(f"results in {out}")
+    finally:
+        await runtime.close()
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    if args.server_url:
+        from training.eval.cli import run_from_args
+
+        out = asyncio.run(run_from_args(args))
+        print(f"results in {out}")
+        return 0
+    with database(settings) as resolved:
+        assert resolved.database_url
+        upgrade_to_head(resolved.database_url)
+        asyncio.run(_eval_in_process(args, resolved))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memory-r1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     keys.set_defaults(func=cmd_keys)
+
+    from training.eval.cli import add_arguments
+
+    evaluate = sub.add_parser(
+        "eval", help="LoCoMo-format evaluation: F1, BLEU-1, judge; report and chart"
+    )
+    add_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -213,11 +213,6 @@ class TestAddMemory:
         assert event["op"] == "ADD" and event["actor"] == "api" and event["episode_id"] is None
         assert event["before"] is None and event["after"]["text"] == "Alice likes green tea"
 
-    async def test_x_api_key_header(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
-        key = tenant_a.memory["Authorization"].removeprefix("Bearer ")
-        r = await client.post("/users/alice/memories", json={"text": "t"}, headers={"X-API-Key": key})
-        assert r.status_code == 201, r.text
-
 
 class TestGetMemory:
     async def test_unauthorised(

@@ -1,0 +1,139 @@
+"""Adapter registry: list, activate, roll back; the pointer moves first, serving follows."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.adapters import repository
+from app.adapters import service as adapters
+from tests.conftest import make_tenant
+
+
+def adapter_dir(root: Path, name: str, rank: int = 8) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": rank, "base_model_name_or_path": "fake-model"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+async def register(runtime, tenant_id, name, path, agent="answer"):
+    async with runtime.sessions() as db:
+        adapter = await adapters.register_candidate(
+            db,
+            tenant_id=tenant_id,
+            agent=agent,
+            name=name,
+            base_model="fake-model",
+            path=str(path),
+            rank=8,
+            validation_metrics={"f1": 0.1},
+            training_job_id=None,
+        )
+        await db.commit()
+    return adapter
+
+
+@pytest.fixture
+async def two_adapters(runtime, tenant_a, tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    first = await register(
+        runtime, tenant_a.tenant_id, f"answer-a-{suffix}", adapter_dir(tmp_path, "a")
+    )
+    second = await register(
+        runtime, tenant_a.tenant_id, f"answer-b-{suffix}", adapter_dir(tmp_path, "b")
+    )
+    return first, second
+
+
+class TestList:
+    async def test_unauthorised_and_scope(self, client, tenant_a):
+        assert (await client.get("/admin/adapters")).status_code == 401
+        assert (await client.get("/admin/adapters", headers=tenant_a.memory)).status_code == 403
+
+    async def test_lists_own_adapters_only(self, client, tenant_a, tenant_b, two_adapters):
+        mine = await client.get("/admin/adapters", headers=tenant_a.admin_only)
+        assert {a["id"] for a in mine.json()} == {str(a.id) for a in two_adapters}
+        assert all(a["status"] == "candidate" for a in mine.json())
+        assert (await client.get("/admin/adapters", headers=tenant_b.admin)).json() == []
+
+    async def test_invalid_agent_filter(self, client, tenant_a):
+        response = await client.get("/admin/adapters?agent=critic", headers=tenant_a.admin)
+        assert response.status_code == 422
+
+
+class TestActivate:
+    async def test_activate_then_roll_back(self, client, runtime, fake_llm, tenant_a, two_adapters):
+        first, second = two_adapters
+        response = await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_a.admin)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "active"
+        assert first.name in fake_llm.adapters  # serving loaded it after the pointer moved
+        await client.post(f"/admin/adapters/{second.id}/activate", headers=tenant_a.admin)
+        await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_a.admin)
+        listed = {
+            a["name"]: a["status"]
+            for a in (await client.get("/admin/adapters", headers=tenant_a.admin)).json()
+        }
+        assert listed == {first.name: "active", second.name: "retired"}
+
+    async def test_ask_uses_the_active_adapter(self, client, fake_llm, tenant_a, two_adapters):
+        first, _ = two_adapters
+        await client.post(
+            "/users/u1/memories", json={"text": "Ann likes tea"}, headers=tenant_a.memory
+        )
+        await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_a.admin)
+        fake_llm.push({"selected": ["m1"], "answer": "tea"})
+        response = await client.post(
+            "/ask",
+            json={"user_id": "u1", "question": "What does Ann like?"},
+            headers=tenant_a.memory,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["adapter"] == first.name
+        assert fake_llm.calls[-1].adapter == first.name
+        fake_llm.push({"selected": ["m1"], "answer": "tea"})
+        base = await client.post(
+            "/ask",
+            json={"user_id": "u1", "question": "What does Ann like?", "answer_adapter": "base"},
+            headers=tenant_a.memory,
+        )
+        assert base.json()["adapter"] is None
+
+    async def test_other_tenant_cannot_activate(self, client, runtime, tenant_b, two_adapters):
+        first, _ = two_adapters
+        response = await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_b.admin)
+        assert response.status_code == 404
+
+    async def test_unknown_adapter(self, client, tenant_a):
+        response = await client.post(
+            f"/admin/adapters/{uuid.uuid4()}/activate", headers=tenant_a.admin
+        )
+        assert response.status_code == 404
+
+    async def test_missing_files_is_a_conflict(self, client, runtime, tenant_a, tmp_path):
+        gone = await register(
+            runtime, tenant_a.tenant_id, f"gone-{uuid.uuid4().hex[:6]}", tmp_path / "x"
+        )
+        response = await client.post(f"/admin/adapters/{gone.id}/activate", headers=tenant_a.admin)
+        assert response.status_code == 409
+        assert "adapter_config.json" in response.json()["detail"]
+
+    async def test_reconcile_loads_active_adapters(self, runtime, fake_llm, tenant_a, two_adapters):
+        first, _ = two_adapters
+        async with runtime.sessions() as db:
+            await adapters.set_active(db, await repository.get(db, tenant_a.tenant_id, first.id))
+            await db.commit()
+        fake_llm.adapters.clear()
+        runtime.loaded_adapters.clear()
+        loaded = await adapters.reconcile(runtime)
+        assert first.name in loaded
+        assert first.name in fake_llm.adapters
+
+
+async def test_make_tenant_helper_gives_distinct_tenants(runtime):
+    a = await make_tenant(runtime, "x")
+    b = await make_tenant(runtime, "y")
+    assert a.tenant_id != b.tenant_id
