@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import create_engine
+from app.core.db import create_engine, session_factory
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
 from app.main import create_app
@@ -145,3 +145,33 @@ async def tenant_a(runtime: Runtime) -> TenantKeys:
 @pytest.fixture
 async def tenant_b(runtime: Runtime) -> TenantKeys:
     return await make_tenant(runtime, "tenant-b")
+
+
+@pytest.fixture
+async def committed_runtime(
+    settings: Settings,
+    engine: AsyncEngine,
+    embedder: InProcessEmbedder,
+    fake_llm: FakeLLM,
+    queued: QueueRecorder,
+) -> Runtime:
+    """A runtime whose transactions really commit, for concurrency tests (one connection per
+    transaction). Tests using it work in tenants of their own."""
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        embedder=embedder,
+        llm=fake_llm,
+        enqueue_ingestion=queued.ingestion.append,
+        enqueue_training=queued.training.append,
+    )
+
+
+@pytest.fixture
+async def committed_client(committed_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(committed_runtime.settings, committed_runtime)
+    app.state.runtime = committed_runtime
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as http:
+        yield http

@@ -34,7 +34,6 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_routes={INGEST_TASK: {"queue": INGEST_QUEUE}, TRAIN_TASK: {"queue": TRAINING_QUEUE}},
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"polling_interval": 0.5},
         worker_hijack_root_logger=False,
     )
     return celery

@@ -113,7 +113,8 @@ async def populate(
     assert r.status_code == 200, r.text
     answer_episode = r.json()["episode_id"]
     r = await client.post(
-        "/feedback", json={"episode_id": answer_episode, "gold_answer": "a puppy"},
+        "/feedback",
+        json={"episode_id": answer_episode, "gold_answer": "a puppy"},
         headers=tenant.memory,
     )
     assert r.status_code == 201, r.text

@@ -90,8 +90,12 @@ class TestAsk:
         body: dict[str, Any],
         where: str,
     ) -> None:
-        assert_error(await client.post("/ask", json=body, headers=tenant_a.memory), 422,
-                     "invalid_input", where)
+        assert_error(
+            await client.post("/ask", json=body, headers=tenant_a.memory),
+            422,
+            "invalid_input",
+            where,
+        )
 
     async def test_question_too_long(
         self,
@@ -121,7 +125,9 @@ class TestAsk:
         fake_llm: FakeLLM,
     ) -> None:
         missing = str(uuid.uuid4())
-        r = await client.post("/ask", json=ask_body(answer_adapter=missing), headers=tenant_a.memory)
+        r = await client.post(
+            "/ask", json=ask_body(answer_adapter=missing), headers=tenant_a.memory
+        )
         assert_error(r, 404, "not_found", missing)
         assert fake_llm.calls == []
 
@@ -183,8 +189,11 @@ class TestAsk:
     async def test_user_without_memories(
         self, client: httpx.AsyncClient, tenant_a: TenantKeys, fake_llm: FakeLLM
     ) -> None:
-        await client.post("/sessions/s1/turns", json={"user_id": "alice", "turns": [
-            {"speaker": "Alice", "text": "hello"}]}, headers=tenant_a.memory)
+        await client.post(
+            "/sessions/s1/turns",
+            json={"user_id": "alice", "turns": [{"speaker": "Alice", "text": "hello"}]},
+            headers=tenant_a.memory,
+        )
         fake_llm.push(answered("I don't know"))
 
         r = await client.post("/ask", json=ask_body(), headers=tenant_a.memory)
@@ -221,3 +230,84 @@ class TestAsk:
         fake_llm.push(Upstream("answer model timed out"))
         r = await client.post("/ask", json=ask_body(), headers=tenant_a.memory)
         assert_error(r, 503, "upstream_unavailable", "answer model timed out")
+
+
+class TestAskRetrieval:
+    """What the Answer Agent is shown when the user's memories have speakers."""
+
+    @pytest.fixture
+    async def conversation(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
+        for speaker, text in [
+            ("Caroline", "Caroline went to a support group"),
+            ("Caroline", "Caroline is researching adoption agencies"),
+            ("Melanie", "Melanie painted a sunrise"),
+            ("Melanie", "Melanie ran a charity race"),
+        ]:
+            r = await client.post(
+                "/users/alice/memories",
+                json={"text": text, "speaker": speaker},
+                headers=tenant_a.memory,
+            )
+            assert r.status_code == 201, r.text
+
+    async def test_both_speakers_are_shown(
+        self,
+        client: httpx.AsyncClient,
+        tenant_a: TenantKeys,
+        conversation: None,
+        fake_llm: FakeLLM,
+    ) -> None:
+        fake_llm.responder = select_containing("sunrise", "a sunrise")
+
+        r = await client.post(
+            "/ask", json=ask_body("What did Melanie paint?"), headers=tenant_a.memory
+        )
+
+        assert r.status_code == 200, r.text
+        assert r.json()["retrieved"] == 4
+        assert [m["text"] for m in r.json()["memories"]] == ["Melanie painted a sunrise"]
+
+    async def test_memories_without_a_speaker_are_shown(
+        self,
+        client: httpx.AsyncClient,
+        tenant_a: TenantKeys,
+        conversation: None,
+        fake_llm: FakeLLM,
+    ) -> None:
+        r = await client.post(
+            "/users/alice/memories",
+            json={"text": "Caroline's dog is called Oscar"},
+            headers=tenant_a.memory,
+        )
+        assert r.status_code == 201, r.text
+        fake_llm.responder = select_containing("Oscar", "Oscar")
+
+        r = await client.post(
+            "/ask", json=ask_body("What is the name of Caroline's dog?"), headers=tenant_a.memory
+        )
+
+        assert r.status_code == 200, r.text
+        assert "Caroline's dog is called Oscar" in fake_llm.calls[-1].last_user
+        assert r.json()["retrieved"] == 5
+        assert [m["text"] for m in r.json()["memories"]] == ["Caroline's dog is called Oscar"]
+
+    @pytest.mark.parametrize("top_k", [1, 3])
+    async def test_top_k_is_filled(
+        self,
+        client: httpx.AsyncClient,
+        tenant_a: TenantKeys,
+        conversation: None,
+        fake_llm: FakeLLM,
+        top_k: int,
+    ) -> None:
+        fake_llm.responder = lambda call: answered("a support group")
+
+        r = await client.post(
+            "/ask",
+            json=ask_body("Where did Caroline go?", top_k=top_k),
+            headers=tenant_a.memory,
+        )
+
+        assert r.status_code == 200, r.text
+        assert r.json()["retrieved"] == top_k
+        assert len(shown_keys(fake_llm.calls[-1])) == top_k

@@ -44,13 +44,13 @@ class TestApiKeys:
 
     async def test_x_api_key_header(self, client: httpx.AsyncClient, tenant_a: TenantKeys) -> None:
         key = tenant_a.memory["Authorization"].removeprefix("Bearer ")
-        r = await client.post("/users/alice/memories", json={"text": "t"}, headers={"X-API-Key": key})
+        r = await client.post(
+            "/users/alice/memories", json={"text": "t"}, headers={"X-API-Key": key}
+        )
         assert r.status_code == 201, r.text
 
     async def test_full_key_serves_memory_routes(
         self, client: httpx.AsyncClient, tenant_a: TenantKeys
     ) -> None:
-        r = await client.post(
-            "/users/alice/memories", json={"text": "t"}, headers=tenant_a.admin
-        )
+        r = await client.post("/users/alice/memories", json={"text": "t"}, headers=tenant_a.admin)
         assert r.status_code == 201, r.text

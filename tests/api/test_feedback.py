@@ -22,7 +22,8 @@ async def episode_id(client: httpx.AsyncClient, tenant_a: TenantKeys, fake_llm: 
     assert r.status_code == 201, r.text
     fake_llm.push(answered("green tea", "m1"))
     r = await client.post(
-        "/ask", json={"user_id": "alice", "question": "What does Alice like?"},
+        "/ask",
+        json={"user_id": "alice", "question": "What does Alice like?"},
         headers=tenant_a.memory,
     )
     assert r.status_code == 200, r.text
@@ -34,8 +35,9 @@ class TestAddFeedback:
     async def test_unauthorised(
         self, client: httpx.AsyncClient, bad_auth: dict[str, str], episode_id: str
     ) -> None:
-        r = await client.post("/feedback", json={"episode_id": episode_id, "rating": 1},
-                              headers=bad_auth)
+        r = await client.post(
+            "/feedback", json={"episode_id": episode_id, "rating": 1}, headers=bad_auth
+        )
         assert_unauthorised(r)
 
     async def test_admin_only_key_is_forbidden(

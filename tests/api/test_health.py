@@ -115,9 +115,13 @@ class TestMetrics:
         )
         memory_id = r.json()["id"]
         before = _count(await _metrics(client), "GET", "/memories/{memory_id}", "200")
-        assert (await client.get(f"/memories/{memory_id}", headers=tenant_a.memory)).status_code == 200
+        assert (
+            await client.get(f"/memories/{memory_id}", headers=tenant_a.memory)
+        ).status_code == 200
         missing = uuid.uuid4()
-        assert (await client.get(f"/memories/{missing}", headers=tenant_a.memory)).status_code == 404
+        assert (
+            await client.get(f"/memories/{missing}", headers=tenant_a.memory)
+        ).status_code == 404
 
         text = await _metrics(client)
 

@@ -91,7 +91,8 @@ class TestTenantIsolation:
         r = await client.get("/users/alice/memories", params={"query": "puppy"}, headers=b_headers)
         assert_hidden(r, secrets)
         r = await client.post(
-            "/ask", json={"user_id": "alice", "question": "What did alice adopt?"},
+            "/ask",
+            json={"user_id": "alice", "question": "What did alice adopt?"},
             headers=b_headers,
         )
         assert_hidden(r, secrets)
@@ -160,9 +161,7 @@ class TestTenantIsolation:
         assert [(t["seq"], t["text"]) for t in r.json()["items"]] == [(0, "B's turn")]
         for response in (
             await client.get("/users/alice/memories", headers=b_headers),
-            await client.get(
-                "/users/alice/memories", params={"query": "puppy"}, headers=b_headers
-            ),
+            await client.get("/users/alice/memories", params={"query": "puppy"}, headers=b_headers),
         ):
             assert response.status_code == 200, response.text
             assert [m["id"] for m in response.json()["items"]] == [b_memory["id"]]
@@ -173,7 +172,8 @@ class TestTenantIsolation:
         # Only B's alice's memories are shown to the Answer Agent.
         fake_llm.push(answered("bees", "m1"))
         r = await client.post(
-            "/ask", json={"user_id": "alice", "question": "What did alice adopt?"},
+            "/ask",
+            json={"user_id": "alice", "question": "What did alice adopt?"},
             headers=b_headers,
         )
         assert r.status_code == 200, r.text

@@ -107,7 +107,7 @@ class TestTopK:
     async def test_ask_top_k(
         self, limited: httpx.AsyncClient, tenant_a: TenantKeys, alice: None, fake_llm: FakeLLM
     ) -> None:
-        fake_llm.push(answered("tea", "m1"))
+        fake_llm.responder = lambda call: answered("tea", "m1")
         body = {"user_id": "alice", "question": "What does alice like?"}
         r = await limited.post("/ask", json={**body, "top_k": 10}, headers=tenant_a.memory)
         assert r.status_code == 200, r.text

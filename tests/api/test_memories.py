@@ -31,7 +31,11 @@ async def delete_memory(client: httpx.AsyncClient, tenant: TenantKeys, memory_id
 @pytest.fixture
 async def memory(client: httpx.AsyncClient, tenant_a: TenantKeys) -> dict[str, Any]:
     return await add_memory(
-        client, tenant_a, "alice", "Alice likes green tea", speaker="Alice",
+        client,
+        tenant_a,
+        "alice",
+        "Alice likes green tea",
+        speaker="Alice",
         occurred_at="2023-05-08T00:00:00Z",
     )
 
@@ -310,7 +314,9 @@ class TestUpdateMemory:
         await delete_memory(client, tenant_a, memory["id"])
 
         r = await client.patch(
-            f"/memories/{memory['id']}", json={"text": "Alice likes coffee"}, headers=tenant_a.memory
+            f"/memories/{memory['id']}",
+            json={"text": "Alice likes coffee"},
+            headers=tenant_a.memory,
         )
 
         assert_error(r, 409, "conflict", memory["id"], "deleted")
@@ -461,7 +467,12 @@ class TestMemoryHistory:
         assert [e["op"] for e in history] == ["ADD", "UPDATE", "UPDATE", "DELETE"]
         assert {e["actor"] for e in history} == {"api"}
         texts = [(e["before"] or {}).get("text") for e in history]
-        assert texts == [None, "Alice likes green tea", "Alice likes oolong tea", "Alice likes jasmine tea"]
+        assert texts == [
+            None,
+            "Alice likes green tea",
+            "Alice likes oolong tea",
+            "Alice likes jasmine tea",
+        ]
         versions = [(e["after"] or {}).get("version") for e in history]
         assert versions == [1, 2, 3, None]
         assert [e["created_at"] for e in history] == sorted(e["created_at"] for e in history)

@@ -40,7 +40,9 @@ async def post_turns(
 
 class TestPostTurns:
     async def test_unauthorised(self, client: httpx.AsyncClient, bad_auth: dict[str, str]) -> None:
-        r = await client.post("/sessions/s1/turns", json=turns_body("alice", "hi"), headers=bad_auth)
+        r = await client.post(
+            "/sessions/s1/turns", json=turns_body("alice", "hi"), headers=bad_auth
+        )
         assert_unauthorised(r)
 
     async def test_admin_only_key_is_forbidden(
@@ -50,7 +52,9 @@ class TestPostTurns:
             "/sessions/s1/turns", json=turns_body("alice", "hi"), headers=tenant_a.admin_only
         )
         assert_forbidden(r)
-        assert await db.scalar(select(Session).where(Session.tenant_id == tenant_a.tenant_id)) is None
+        assert (
+            await db.scalar(select(Session).where(Session.tenant_id == tenant_a.tenant_id)) is None
+        )
 
     @pytest.mark.parametrize(
         ("session_id", "body", "where"),
@@ -65,7 +69,10 @@ class TestPostTurns:
             ("s1", turns_body("x" * 201, "hi"), "user_id"),
             (
                 "s1",
-                {"user_id": "alice", "turns": [{"speaker": "A", "text": "hi", "occurred_at": "soon"}]},
+                {
+                    "user_id": "alice",
+                    "turns": [{"speaker": "A", "text": "hi", "occurred_at": "soon"}],
+                },
                 "turns.0.occurred_at",
             ),
             ("s1", {**turns_body("alice", "hi"), "manager_adapter": "latest"}, "manager_adapter"),
@@ -125,7 +132,9 @@ class TestPostTurns:
     async def test_session_of_another_user(
         self, client: httpx.AsyncClient, tenant_a: TenantKeys, queued: QueueRecorder
     ) -> None:
-        assert (await post_turns(client, tenant_a, "s1", turns_body("alice", "hi"))).status_code == 202
+        assert (
+            await post_turns(client, tenant_a, "s1", turns_body("alice", "hi"))
+        ).status_code == 202
 
         r = await post_turns(client, tenant_a, "s1", turns_body("bob", "hello"))
 
@@ -143,7 +152,11 @@ class TestPostTurns:
         body = {
             "user_id": "alice",
             "turns": [
-                {"speaker": "Alice", "text": "I adopted a puppy.", "occurred_at": "2023-05-08T10:00:00Z"},
+                {
+                    "speaker": "Alice",
+                    "text": "I adopted a puppy.",
+                    "occurred_at": "2023-05-08T10:00:00Z",
+                },
                 {"speaker": "Bob", "text": "What is its name?"},
                 {"speaker": "Alice", "text": "Scout."},
             ],
@@ -231,7 +244,9 @@ class TestPostTurns:
         assert memory["source_turn_ids"] == [turn_id]
         assert memory["version"] == 1 and memory["deleted_at"] is None
 
-        [event] = (await client.get(f"/memories/{memory_id}/history", headers=tenant_a.memory)).json()
+        [event] = (
+            await client.get(f"/memories/{memory_id}/history", headers=tenant_a.memory)
+        ).json()
         assert event["op"] == "ADD" and event["actor"] == "manager"
         assert event["before"] is None
         assert event["after"]["text"] == "Alice adopted a puppy named Scout."

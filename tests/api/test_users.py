@@ -1,7 +1,5 @@
 """DELETE /users/{id}: erasure of everything stored about a user."""
 
-import uuid
-
 import httpx
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -108,7 +106,8 @@ class TestEraseUser:
             assert_error(r, 404, "not_found")
         for episode_id in alice.episode_ids:
             r = await client.post(
-                "/feedback", json={"episode_id": str(episode_id), "rating": 1},
+                "/feedback",
+                json={"episode_id": str(episode_id), "rating": 1},
                 headers=tenant_a.memory,
             )
             assert_error(r, 404, "not_found")
@@ -124,7 +123,9 @@ class TestEraseUser:
         await client.post("/users/alice/memories", json={"text": "old"}, headers=tenant_a.memory)
         assert (await client.delete("/users/alice", headers=tenant_a.memory)).status_code == 204
 
-        r = await client.post("/users/alice/memories", json={"text": "new"}, headers=tenant_a.memory)
+        r = await client.post(
+            "/users/alice/memories", json={"text": "new"}, headers=tenant_a.memory
+        )
 
         assert r.status_code == 201, r.text
         page = (await client.get("/users/alice/memories", headers=tenant_a.memory)).json()

@@ -23,12 +23,21 @@ from workers.celery_app import INGEST_TASK, create_celery, send
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 CONVERSATION = [
-    {"speaker": "Andrew", "text": "I adopted a dog named Buddy last week!",
-     "occurred_at": "2023-05-08T13:56:00+00:00"},
-    {"speaker": "Andrew", "text": "I went hiking with Buddy on Mount Tam.",
-     "occurred_at": "2023-05-20T10:00:00+00:00"},
-    {"speaker": "Andrew", "text": "I also adopted another dog, Scout.",
-     "occurred_at": "2023-06-02T09:30:00+00:00"},
+    {
+        "speaker": "Andrew",
+        "text": "I adopted a dog named Buddy last week!",
+        "occurred_at": "2023-05-08T13:56:00+00:00",
+    },
+    {
+        "speaker": "Andrew",
+        "text": "I went hiking with Buddy on Mount Tam.",
+        "occurred_at": "2023-05-20T10:00:00+00:00",
+    },
+    {
+        "speaker": "Andrew",
+        "text": "I also adopted another dog, Scout.",
+        "occurred_at": "2023-06-02T09:30:00+00:00",
+    },
 ]
 
 

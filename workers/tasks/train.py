@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters import repository as adapters_repository
 from app.adapters import service as adapters
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.db import transaction
 from app.models import JobStatus, TrainingJob
 from app.training_jobs import repository
@@ -31,7 +31,7 @@ MAX_EPISODES = 5000
 
 @shared_task(name=TRAIN_TASK)
 def train(job_id: str) -> None:
-    run(train_job(sessions(), uuid.UUID(job_id)))
+    run(train_job(sessions(), get_settings(), uuid.UUID(job_id)))
 
 
 @dataclass
@@ -58,11 +58,12 @@ class _Progress:
                     self.error = payload
 
 
-async def _spec(db: AsyncSession, job: TrainingJob) -> JobSpec:
-    settings = get_settings()
+async def _spec(db: AsyncSession, settings: Settings, job: TrainingJob) -> JobSpec:
     episodes = []
     if job.source == "episodes":
-        episodes = await repository.episodes_with_feedback(db, job.tenant_id, job.agent, MAX_EPISODES)
+        episodes = await repository.episodes_with_feedback(
+            db, job.tenant_id, job.agent, MAX_EPISODES
+        )
     active = await adapters_repository.get_active(db, job.tenant_id, job.agent)
     name = f"{job.agent}-{job.id.hex[:12]}"
     return JobSpec(
@@ -80,13 +81,15 @@ async def _spec(db: AsyncSession, job: TrainingJob) -> JobSpec:
     )
 
 
-async def train_job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> None:
+async def train_job(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, job_id: uuid.UUID
+) -> None:
     async with transaction(sessions) as db:
         job = await repository.claim(db, job_id)
         if job is None:
             log.info("training job %s is not queued; nothing to do", job_id)
             return
-        spec = await _spec(db, job)
+        spec = await _spec(db, settings, job)
     progress = _Progress()
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
