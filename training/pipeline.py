@@ -63,7 +63,7 @@ def _validate(
     rows = locomo_rows(spec.agent, spec.validation_dataset, retriever)
     events.put(("log", f"validating on {len(rows)} rows"))
     baseline = Path(spec.baseline_adapter_dir) if spec.baseline_adapter_dir else None
-    results = {}
+    results: dict[str, Any] = {}
     for label, adapter in (("candidate", adapter_dir), ("baseline", baseline)):
         results[label] = evaluate_adapter(
             spec.agent, adapter, rows, base_model_dir=model_dir, retriever=retriever

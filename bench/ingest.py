@@ -1,0 +1,250 @@
+"""Ingest LoCoMo conv-26 through the API and a real Celery worker with the bundled model, then
+ask its questions.
+
+Figures: wall time, model tokens per turn, memories and operations by type, the share of model
+time in the worker's processing time (non-model overhead), and /ask latency p50/p95 with its
+non-model overhead. Targets on a 2-core machine: the conversation in <= 10 minutes, non-model
+overhead <= 10 %.
+
+    .venv/bin/python bench/ingest.py [--sessions N] [--questions N]
+"""
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from tqdm import tqdm
+
+from app.core.config import Settings
+from app.core.db import create_engine, session_factory, transaction, upgrade_to_head
+from app.core.runtime import Runtime
+from app.embeddings import InProcessEmbedder
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.inprocess import InProcessBackend
+from app.main import create_app
+from app.models import Episode, IngestionJob, Memory, MemoryEvent, Scope
+from app.tenants import service as tenants
+from bench.common import (
+    OUT_DIR,
+    Target,
+    embedded_database,
+    print_targets,
+    recreate_database,
+    summarize_ms,
+    write_json,
+)
+from training.eval.loaders import load_locomo
+from workers.celery_app import INGEST_TASK, create_celery, send
+
+REPO = Path(__file__).resolve().parents[1]
+CONV26 = REPO.parent / "shared" / "data" / "locomo" / "locomo_train_conv26.json"
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MEMR1_DATABASE_URL": settings.database_url or "",
+        "MEMR1_DATA_DIR": str(settings.data_dir),
+    }
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", "ingest"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def ingest(
+    client: httpx.AsyncClient, headers: dict[str, str], conversation: Any, sessions: int
+) -> tuple[list[str], int, float]:
+    job_ids: list[str] = []
+    turns = 0
+    started = time.perf_counter()
+    for session in conversation.sessions[:sessions]:
+        body = {
+            "user_id": conversation.sample_id,
+            "turns": [
+                {"speaker": t.speaker, "text": t.text, "occurred_at": t.occurred_at.isoformat()}
+                for t in session.turns
+            ],
+        }
+        response = await client.post(
+            f"/sessions/{conversation.sample_id}-{session.index}/turns", json=body, headers=headers
+        )
+        response.raise_for_status()
+        job_ids.append(response.json()["ingestion_job_id"])
+        turns += len(session.turns)
+    with tqdm(total=turns, desc="ingesting turns", unit="turn") as bar:
+        while True:
+            done = 0
+            statuses = []
+            for job_id in job_ids:
+                job = (await client.get(f"/ingestions/{job_id}", headers=headers)).json()
+                done += job["processed_turns"]
+                statuses.append(job["status"])
+            bar.update(done - bar.n)
+            if all(s in ("succeeded", "failed") for s in statuses):
+                break
+            await asyncio.sleep(2)
+    return job_ids, turns, time.perf_counter() - started
+
+
+async def ingestion_figures(
+    runtime: Runtime, job_ids: list[str], turns: int, wall_s: float
+) -> dict[str, Any]:
+    ids = [uuid.UUID(j) for j in job_ids]
+    async with transaction(runtime.sessions) as db:
+        jobs = (await db.scalars(select(IngestionJob).where(IngestionJob.id.in_(ids)))).all()
+        tenant_id = jobs[0].tenant_id
+        episodes = (
+            await db.execute(
+                select(
+                    Episode.agent,
+                    func.count(),
+                    func.sum(Episode.latency_ms),
+                    func.sum(Episode.prompt_tokens + Episode.completion_tokens),
+                )
+                .where(Episode.tenant_id == tenant_id, Episode.agent != "answer")
+                .group_by(Episode.agent)
+            )
+        ).all()
+        ops = Counter(
+            dict(
+                (
+                    await db.execute(
+                        select(MemoryEvent.op, func.count())
+                        .where(MemoryEvent.tenant_id == tenant_id)
+                        .group_by(MemoryEvent.op)
+                    )
+                ).all()
+            )
+        )
+        live = await db.scalar(
+            select(func.count())
+            .select_from(Memory)
+            .where(Memory.tenant_id == tenant_id, Memory.deleted_at.is_(None))
+        )
+    processing_s = sum(
+        (j.finished_at - j.started_at).total_seconds()
+        for j in jobs
+        if j.finished_at and j.started_at
+    )
+    model_s = sum(float(latency or 0) for _, _, latency, _ in episodes) / 1000
+    tokens = sum(int(t or 0) for *_, t in episodes)
+    return {
+        "turns": turns,
+        "jobs": {s: sum(1 for j in jobs if j.status == s) for s in {j.status for j in jobs}},
+        "wall_s": round(wall_s, 1),
+        "worker_processing_s": round(processing_s, 1),
+        "model_s": round(model_s, 1),
+        "non_model_overhead": round(1 - model_s / processing_s, 4) if processing_s else None,
+        "model_tokens_per_turn": round(tokens / turns, 1),
+        "model_calls": {agent: count for agent, count, _, _ in episodes},
+        "operations": dict(ops),
+        "live_memories": live,
+    }
+
+
+async def ask_figures(
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    headers: dict[str, str],
+    conversation: Any,
+    limit: int,
+) -> dict[str, Any]:
+    latencies, overheads = [], []
+    questions = [qa for _, qa in conversation.questions({1, 2, 3, 4})][:limit]
+    for qa in tqdm(questions, desc="asking", unit="question"):
+        started = time.perf_counter()
+        response = await client.post(
+            "/ask",
+            headers=headers,
+            json={"user_id": conversation.sample_id, "question": qa.question},
+        )
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        async with transaction(runtime.sessions) as db:
+            episode = await db.get(Episode, uuid.UUID(response.json()["episode_id"]))
+        latencies.append(elapsed)
+        overheads.append(elapsed - (episode.latency_ms or 0) / 1000 if episode else 0.0)
+    total = sum(latencies)
+    return {
+        "questions": len(questions),
+        "latency": summarize_ms(latencies),
+        "non_model_ms": summarize_ms(overheads),
+        "non_model_share": round(sum(overheads) / total, 4) if total else None,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    [conversation] = load_locomo(CONV26)
+    server, url = embedded_database(Path(args.pgdata), "bench_ingest")
+    recreate_database(url, "bench_ingest")
+    upgrade_to_head(url)
+    data_dir = Path(args.data_dir)
+    settings = Settings(database_url=url, data_dir=data_dir)
+    model_dir = ensure_bundled_model(data_dir)
+    engine = create_engine(url)
+    celery = create_celery(settings)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        embedder=InProcessEmbedder(),
+        llm=InProcessBackend(model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64),
+        enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
+    )
+    async with transaction(runtime.sessions) as db:
+        issued = await tenants.create_key(
+            db, tenant_id=None, name="bench", scopes=[Scope.memory], tenant_name="bench"
+        )
+    headers = {"Authorization": f"Bearer {issued.plaintext}"}
+    app = create_app(settings, runtime)
+    app.state.runtime = runtime
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    worker = start_worker(settings, OUT_DIR / "ingest-worker.log")
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bench", timeout=600
+        ) as client:
+            job_ids, turns, wall = await ingest(client, headers, conversation, args.sessions)
+            figures = await ingestion_figures(runtime, job_ids, turns, wall)
+            figures["ask"] = await ask_figures(
+                client, runtime, headers, conversation, args.questions
+            )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await runtime.close()
+        server.stop()
+    figures["full_conversation"] = args.sessions >= len(conversation.sessions)
+    print(figures)
+    print_targets(
+        [
+            Target("wall time per 419 turns", round(wall / turns * 419 / 60, 2), 10, "min"),
+            Target("non-model overhead (ingest)", figures["non_model_overhead"] or 1.0, 0.10, ""),
+        ]
+    )
+    print("written", write_json("ingest", figures))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=19, help="conv-26 sessions to ingest")
+    parser.add_argument("--questions", type=int, default=152, help="questions to ask afterwards")
+    parser.add_argument("--pgdata", default="/tmp/memr1-bench-ingest-pg")
+    parser.add_argument("--data-dir", default=str(Path.home() / ".local/share/memory-r1-bench"))
+    asyncio.run(main(parser.parse_args()))
