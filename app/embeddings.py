@@ -34,7 +34,11 @@ class InProcessEmbedder:
 
     def embed_sync(self, texts: list[str]) -> list[list[float]]:
         vectors = self._model.encode(
-            texts, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
+            texts,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return [v.tolist() for v in vectors]
 
