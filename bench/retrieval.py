@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import defer
 from tqdm import tqdm
 
@@ -382,8 +382,6 @@ async def run_searches(
 ) -> SearchRun:
     """Time ``repository.search`` (top-60) per query, each in its own session as a request
     would, check recall against brute force, and EXPLAIN ANALYZE some of the statements."""
-    from sqlalchemy import event
-
     engine = create_engine(url, pool_size=2)
     spy = StatementSpy()
     event.listen(engine.sync_engine, "before_cursor_execute", spy)
@@ -415,10 +413,8 @@ async def run_searches(
     return run
 
 
-async def explain(engine: Any, spy: StatementSpy, settings: Sequence[str] = ()) -> str:
+async def explain(engine: AsyncEngine, spy: StatementSpy) -> str:
     async with engine.connect() as conn:
-        for setting in settings:
-            await conn.exec_driver_sql(setting)
         result = await conn.exec_driver_sql(
             f"EXPLAIN (ANALYZE, BUFFERS, SETTINGS) {spy.statement}", tuple(spy.parameters)
         )

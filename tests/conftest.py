@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, session_factory
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
+from app.llm.bundled import ensure_bundled_model
 from app.main import create_app
 from app.models import Scope
 from app.tenants import service as tenants
@@ -37,6 +38,13 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         start_worker=False,
         bootstrap_admin=False,
     )
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir(settings: Settings) -> Path:
+    """The converted SmolLM2, once per test session (MEMR1_TEST_DATA_DIR keeps it between
+    sessions; the conversion takes about 25 s)."""
+    return ensure_bundled_model(settings.data_dir)
 
 
 @pytest.fixture(scope="session")

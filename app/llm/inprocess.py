@@ -56,7 +56,6 @@ def load_base_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokeniz
         # Batched generation and training pad; rows are masked, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
     return model, tokenizer
 
 
@@ -136,7 +135,8 @@ class _RowOutput:
 class InProcessBackend:
     """Implements ``app.llm.backend.LLMBackend`` with a local model and peft LoRA adapters.
 
-    Adapter names must be usable as peft module keys (no dots)."""
+    Adapter names must be usable as peft module keys (no dots). ``latency_ms`` runs from the
+    call to the result, time spent queued included, as a client of a remote server sees it."""
 
     def __init__(
         self, model_dir: Path, base_model: str, max_batch_size: int, max_lora_rank: int
@@ -291,6 +291,8 @@ class InProcessBackend:
         )
         processors = LogitsProcessorList()
         if first.schema_key is not None:
+            # Compact JSON only: with free whitespace a small model can spend its whole token
+            # budget on newlines without ever breaking the grammar.
             grammar = self._compiler.compile_json_schema(first.schema_key, any_whitespace=False)
             processors.append(_GrammarMask(grammar, len(batch), self._vocab_size))
         # With adapters, the peft wrapper's generate() runs the wrapped model with LoRA layers.

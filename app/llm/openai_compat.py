@@ -142,18 +142,24 @@ class OpenAICompatBackend:
             Path(path), base_model=self.base_model, max_lora_rank=self._max_lora_rank
         )
         async with self._adapter_lock(name):
-            served = {card.id: card.root for card in await self._lora_cards()}
+            served = await self._served_paths()
             if name in served:
                 if served[name] == path:
                     return
                 # Older vLLM cannot reload a name in place: drop it, then load the new weights.
                 await self._post_unload(name)
-            await self._request(
-                "POST",
-                f"{self._server_root}/v1/load_lora_adapter",
-                {"lora_name": name, "lora_path": path},
-                hint=_LOAD_HINT,
-            )
+            try:
+                await self._request(
+                    "POST",
+                    f"{self._server_root}/v1/load_lora_adapter",
+                    {"lora_name": name, "lora_path": path},
+                    hint=_LOAD_HINT,
+                )
+            except BadUpstreamResponse:
+                # A load retried after a timeout is refused as "already loaded" when the first
+                # attempt landed; the server's list says whether we got what we asked for.
+                if (await self._served_paths()).get(name) != path:
+                    raise
 
     async def unload_adapter(self, name: str) -> None:
         async with self._adapter_lock(name):
@@ -170,6 +176,9 @@ class OpenAICompatBackend:
 
     def _adapter_lock(self, name: str) -> asyncio.Lock:
         return self._adapter_locks.setdefault(name, asyncio.Lock())
+
+    async def _served_paths(self) -> dict[str, str | None]:
+        return {card.id: card.root for card in await self._lora_cards()}
 
     async def _lora_cards(self) -> list[_ModelCard]:
         response = await self._request("GET", f"{self._base_url}/models")

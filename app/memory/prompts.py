@@ -23,7 +23,7 @@ ANSWER_PROMPT_VERSION = "answer-v1"
 
 FACT_MAX_CHARS = 200
 MANAGER_MAX_OPERATIONS = 3
-MANAGER_TEXT_MAX_CHARS = 300
+MANAGER_TEXT_MAX_CHARS = 240
 ANSWER_MAX_SELECTED = 5
 ANSWER_MAX_CHARS = 100
 DEFAULT_MAX_FACTS = 5
@@ -89,13 +89,18 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 
 
+# Token budgets cover a schema-maximal reply, since the backends refuse JSON cut off by
+# max_tokens. SmolLM2 spends ~4 characters per token on chat text but one per digit, so dates
+# ("8 May 2023" is 7 tokens) bring the budget down to about 2 characters per token.
+_CHARS_PER_TOKEN = 2
+
+
 def extract_max_tokens(max_facts: int) -> int:
-    """Enough tokens for ``max_facts`` facts of full length; truncated JSON would not parse."""
-    return 32 + max_facts * (FACT_MAX_CHARS // 3 + 8)
+    return 32 + max_facts * (FACT_MAX_CHARS // _CHARS_PER_TOKEN + 8)
 
 
-MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS // 3 + 24)
-ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS // 2
+MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS // _CHARS_PER_TOKEN + 24)
+ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS * 2 // 3
 
 
 def format_date(at: datetime) -> str:

@@ -1,5 +1,5 @@
-"""Helpers shared by the API tests: credentials, error-body checks and the scripted replies of
-the three agents."""
+"""Helpers shared by the API tests: credentials, error-body checks, the scripted replies of the
+three agents, and a user holding one row of every kind."""
 
 import uuid
 from dataclasses import dataclass

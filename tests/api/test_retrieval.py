@@ -216,9 +216,11 @@ class TestQueryPlan:
     async def test_the_plan_check_can_see_the_hnsw_index(
         self, db: AsyncSession, bank: Bank
     ) -> None:
-        # A whole-table nearest-neighbour query is what the HNSW index serves; if EXPLAIN did
-        # not name it here, the check above would prove nothing.
+        # A whole-table nearest-neighbour query is what the HNSW index serves (with sequential
+        # scans off it is the only plan left); if EXPLAIN did not name it here, the check above
+        # would prove nothing.
         [query] = queries(bank, 1, seed=7)
+        await db.execute(text("SET LOCAL enable_seqscan = off"))
         statement = "SELECT id FROM memories ORDER BY embedding <=> $1::vector LIMIT 60"
         plan = await explain(db, statement, (str(query.tolist()),))
         assert HNSW_INDEX in plan, plan

@@ -1,5 +1,4 @@
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -7,19 +6,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.llm.bundled import ensure_bundled_model
 from app.llm.openai_compat import OpenAICompatBackend
 from tests.fixtures.vllm_contract_server import VLLMContractServer
 
 AdapterDirFactory = Callable[..., Path]
 BackendFactory = Callable[..., OpenAICompatBackend]
-
-
-@pytest.fixture(scope="session")
-def bundled_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The converted SmolLM2; MEMR1_TEST_DATA_DIR keeps it between runs (conversion ~25 s)."""
-    data_dir = os.environ.get("MEMR1_TEST_DATA_DIR") or tmp_path_factory.mktemp("llm-data")
-    return ensure_bundled_model(Path(data_dir))
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -10,8 +11,10 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 import app.llm.bundled as bundled
+from app.core.config import LLMSettings, Settings
 from app.core.errors import BadUpstreamResponse, Unprocessable
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.factory import build_backend
 from app.llm.inprocess import InProcessBackend, load_base_model
 
 # A Manager-style schema: an enum and an array of objects. Strings, integers and the array are
@@ -65,7 +68,7 @@ def random_lora_dir(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFa
         task_type="CAUSAL_LM",
     )
     path = tmp_path_factory.mktemp("lora") / "tiny"
-    get_peft_model(model, config).save_pretrained(path)
+    get_peft_model(model, config).save_pretrained(str(path))
     return path
 
 
@@ -106,9 +109,11 @@ class TestComplete:
             backend.complete([{"role": "user", "content": "Say hi."}], max_tokens=4),
         )
 
-        assert all(c.parsed["verdict"] in {"yes", "no"} for c in completions[:-1])
+        verdicts = ({"verdict": "yes"}, {"verdict": "no"})
+        assert all(c.parsed in verdicts for c in completions[:-1])
         assert completions[-1].parsed is None and completions[-1].completion_tokens <= 4
-        batch_sizes = [r.args[0] for r in caplog.records if r.msg.startswith("generated a batch")]
+        batches = (re.match(r"generated a batch of (\d+)", r.getMessage()) for r in caplog.records)
+        batch_sizes = [int(m[1]) for m in batches if m]
         assert sum(batch_sizes) == len(completions)
         assert max(batch_sizes) > 1  # requests queued together ran in one forward pass
 
@@ -173,6 +178,21 @@ class TestAdapters:
             await backend.load_adapter("manager.v1", str(random_lora_dir))
 
         assert await backend.loaded_adapters() == set()
+
+
+@pytest.mark.model
+class TestBuildBackend:
+    async def test_default_settings_serve_the_bundled_model_in_process(
+        self, bundled_model_dir: Path
+    ) -> None:
+        data_dir = bundled_model_dir.parent.parent  # already converted there
+
+        backend = build_backend(Settings(data_dir=data_dir, llm=LLMSettings()))
+        try:
+            assert isinstance(backend, InProcessBackend)
+            assert backend.base_model == BUNDLED_MODEL_NAME
+        finally:
+            await backend.close()
 
 
 class TestEnsureBundledModel:

@@ -1,6 +1,7 @@
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -270,6 +271,36 @@ class TestLoadAdapter:
 
         with pytest.raises(BadUpstreamResponse, match="HTTP 400.*VLLM_ALLOW_RUNTIME_LORA"):
             await make_backend().load_adapter("manager", str(path))
+
+    async def test_load_whose_reply_was_lost_is_not_reported_as_failed(
+        self,
+        contract_server: VLLMContractServer,
+        make_backend: BackendFactory,
+        make_adapter_dir: AdapterDirFactory,
+    ) -> None:
+        path = str(make_adapter_dir())
+        transport = _LosesFirstLoadReply(httpx.ASGITransport(app=contract_server.app))
+
+        await make_backend(transport=transport).load_adapter("manager", path)
+
+        loads = contract_server.requests_to("/v1/load_lora_adapter")
+        assert len(loads) == 2  # the retry was refused as "already loaded"
+        assert contract_server.loras == {"manager": path}
+
+
+class _LosesFirstLoadReply(httpx.AsyncBaseTransport):
+    """The server handles the first load, but its reply never arrives (a read timeout)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.dropped = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path == "/v1/load_lora_adapter" and not self.dropped:
+            self.dropped = True
+            raise httpx.ReadTimeout("reply lost", request=request)
+        return response
 
 
 class TestUnloadAdapter:

@@ -4,6 +4,7 @@ A 135M model's judgement is not what is tested here; what is: under the schemas,
 prompts as written and the token limits as set, its output always parses into facts,
 operations and answers."""
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -70,11 +71,17 @@ async def test_extraction_parses_on_real_turns(
     at = session_date(conversation, 1)
     turns = [t for t in conversation["session_1"] if len(t["text"]) > 60][:3]
 
-    for turn in turns:
-        extraction = await extract_facts(
-            llm, speaker=turn["speaker"], text=turn["text"], occurred_at=at, max_facts=3
+    # Concurrent calls with the same schema share one batch in the backend.
+    extractions = await asyncio.gather(
+        *(
+            extract_facts(
+                llm, speaker=turn["speaker"], text=turn["text"], occurred_at=at, max_facts=3
+            )
+            for turn in turns
         )
+    )
 
+    for turn, extraction in zip(turns, extractions, strict=True):
         assert extraction.error is None, (turn["text"], extraction.completion)
         assert len(extraction.facts) <= 3
         for fact in extraction.facts:
@@ -91,12 +98,12 @@ async def test_manager_output_parses_and_names_only_candidates(
         Fact("On 8 May 2023, Melanie said she painted a lake sunrise last year.", "Melanie", at),
     ]
     candidates = turn_memories[:5]
+    ids = {m.id for m in candidates}
 
-    for fact in facts:
-        decision = await decide(llm, fact, candidates)
+    decisions = await asyncio.gather(*(decide(llm, fact, candidates) for fact in facts))
 
+    for decision in decisions:
         assert decision.error is None, decision.completion
-        ids = {m.id for m in candidates}
         assert all(op.memory_id is None or op.memory_id in ids for op in decision.operations)
         assert all(r.reason for r in decision.rejected)
 
@@ -112,9 +119,9 @@ async def test_answer_agent_parses_with_sixty_memories(
     assert len(memories) == 60
     questions = [qa["question"] for qa in conversation_record["qa"] if qa["category"] != 5][:3]
 
-    for question in questions:
-        result = await answer_question(llm, question, memories)
+    results = await asyncio.gather(*(answer_question(llm, q, memories) for q in questions))
 
+    for question, result in zip(questions, results, strict=True):
         assert result.error is None, (question, result.completion)
         assert result.answer
         assert all(m in memories for m in result.selected)

@@ -83,7 +83,7 @@ class TestRetriever:
         bank = [memory("", "Ann likes tea."), memory("", "Ann adopted a dog named Rex.")]
         assert retriever.rank("What is the dog called?", bank)[0].text == bank[1].text
         retriever.rank("Does Ann like tea?", bank)
-        assert calls[1] == ["Does Ann like tea?"]  # memory texts were embedded once
+        assert calls[2:] == [["Does Ann like tea?"]]  # memory texts were embedded once
 
     def test_for_answer_splits_per_speaker_and_rekeys(self, retriever: Retriever) -> None:
         bank = [memory("", f"Ann fact {i}", "Ann") for i in range(5)]

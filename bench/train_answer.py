@@ -1,0 +1,225 @@
+"""GRPO for the Answer Agent on the paper's split, with the bundled SmolLM2-135M on this CPU.
+
+Trains a LoRA adapter on conv-26's 152 questions (category 5 excluded) for a wall-clock
+budget, then scores the base model and the adapter on conv-30's 81 validation questions through
+the serving backend (greedy, schema-constrained): F1, BLEU-1, EM and wall time. Writes
+``bench/out/train_answer.json`` and ``bench/out/train_answer.png`` (before/after bars and the
+reward curve).
+
+    python -m bench.train_answer                      # ~1 h of training plus two evaluations
+    python -m bench.train_answer --minutes 5 --val-limit 8 --train-limit 16   # a smoke run
+
+Target: the adapter's validation F1 beats the base model's by >= 30% relative.
+"""
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from app.core.config import get_settings
+from app.llm.bundled import ensure_bundled_model
+from bench.common import OUT_DIR, Target, print_targets, write_json
+from training.config import GRPOJobConfig
+from training.datasets import Retriever, answer_rows_from_locomo, load_encoder
+from training.grpo import run_grpo
+from training.validate import evaluate_adapter
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo"
+TRAIN_FILE = DATA / "locomo_train_conv26.json"
+VAL_FILE = DATA / "locomo_val_conv30.json"
+TARGET_GAIN = 0.30
+
+Row = dict[str, Any]
+
+
+def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
+    """The options both training benchmarks share, with per-agent defaults."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--minutes", type=float, default=defaults.get("minutes", 60.0))
+    p.add_argument("--max-steps", type=int, default=defaults.get("max_steps", 200))
+    p.add_argument("--reward", choices=["em", "f1"], default="f1")
+    p.add_argument("--format-weight", type=float, default=defaults.get("format_weight", 0.2))
+    p.add_argument("--lr", type=float, default=defaults.get("lr", 3e-4))
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--prompts-per-step", type=int, default=2)
+    p.add_argument("--max-completion-length", type=int, default=defaults.get("completion", 32))
+    p.add_argument("--beta", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=None, help="use only N training rows")
+    p.add_argument("--val-limit", type=int, default=None, help="score only N validation rows")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the bundled model lives")
+    p.add_argument("--out", type=Path, default=OUT_DIR)
+    return p
+
+
+def job_config(args: argparse.Namespace, agent: str, output_dir: Path) -> GRPOJobConfig:
+    base = ensure_bundled_model(args.data_dir or get_settings().data_dir)
+    return GRPOJobConfig(
+        agent=agent,
+        output_dir=output_dir,
+        base_model_dir=base,
+        reward=args.reward,
+        format_weight=args.format_weight,
+        lora_r=args.lora_r,
+        lora_alpha=2.0 * args.lora_r,
+        learning_rate=args.lr,
+        max_steps=args.max_steps,
+        num_generations=args.num_generations,
+        # One micro-batch per prompt group keeps activation memory at one group's worth.
+        per_device_train_batch_size=args.num_generations,
+        gradient_accumulation_steps=args.prompts_per_step,
+        max_completion_length=args.max_completion_length,
+        beta=args.beta,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_train_rows=args.train_limit,
+    )
+
+
+def _print_progress(report: dict[str, Any]) -> None:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()]
+    print("step", " ".join(parts), flush=True)
+
+
+def run_bench(
+    name: str,
+    config: GRPOJobConfig,
+    train_rows: list[Row],
+    val_rows: list[Row],
+    *,
+    minutes: float,
+    retriever: Retriever | None = None,
+    settings: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Evaluate the base model, train for at most ``minutes``, evaluate the adapter; print,
+    write ``<name>.json`` and ``<name>.png``; return the result."""
+
+    def evaluate(adapter: Path | None) -> dict[str, Any]:
+        return evaluate_adapter(
+            config.agent,
+            adapter,
+            val_rows,
+            base_model_dir=config.base_model_dir,
+            retriever=retriever,
+        )
+
+    print(f"[{name}] evaluating the base model on {len(val_rows)} validation rows", flush=True)
+    before = evaluate(None)
+    print(f"[{name}] base: {_scores(before)} in {before['seconds']} s", flush=True)
+
+    deadline = time.monotonic() + minutes * 60
+    print(f"[{name}] GRPO on {len(train_rows)} rows for <= {minutes:g} min", flush=True)
+    result = run_grpo(
+        config,
+        train_rows,
+        progress=_print_progress,
+        should_stop=lambda: time.monotonic() > deadline,
+        retriever=retriever,
+    )
+    print(f"[{name}] trained: {result.metrics}", flush=True)
+
+    after = evaluate(result.adapter_dir)
+    print(f"[{name}] adapter: {_scores(after)} in {after['seconds']} s", flush=True)
+
+    gain = (after["f1"] - before["f1"]) / before["f1"] if before["f1"] > 0 else float("inf")
+    targets = [Target("relative F1 gain", round(gain, 4), TARGET_GAIN, "x", True)]
+    print_targets(targets)
+    payload = {
+        "settings": settings,
+        "config": {k: str(v) for k, v in vars(config).items()},
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "before": before,
+        "after": after,
+        "relative_f1_gain": gain,
+        "train": {"metrics": result.metrics, "stopped_by_budget": result.stopped},
+        "history": result.history,
+        "wall_seconds": {
+            "eval_before": before["seconds"],
+            "train": result.metrics["train_seconds"],
+            "eval_after": after["seconds"],
+        },
+        "targets": [t.as_dict() for t in targets],
+    }
+    json_path = write_json(name, payload, out_dir)
+    png_path = plot(name, before, after, result.history, out_dir)
+    print(f"[{name}] wrote {json_path} and {png_path}", flush=True)
+    return payload
+
+
+def _scores(report: dict[str, Any]) -> str:
+    return (
+        f"F1 {report['f1']:.4f}  BLEU-1 {report['bleu1']:.4f}  EM {report['em']:.4f}  "
+        f"unusable {report['unusable']:.2%}"
+    )
+
+
+def plot(
+    name: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    history: list[dict[str, Any]],
+    out_dir: Path,
+) -> Path:
+    # The object API needs no GUI backend, so this runs headless.
+    fig = Figure(figsize=(11, 4))
+    bars, curve = fig.subplots(1, 2)
+    metrics = ["f1", "bleu1", "em"]
+    xs = range(len(metrics))
+    width = 0.38
+    bars.bar([x - width / 2 for x in xs], [before[m] for m in metrics], width, label="base")
+    bars.bar([x + width / 2 for x in xs], [after[m] for m in metrics], width, label="GRPO adapter")
+    bars.set_xticks(list(xs), ["F1", "BLEU-1", "EM"])
+    bars.set_title(f"validation ({before['rows']} questions)")
+    bars.legend()
+    steps = [h["step"] for h in history]
+    curve.plot(steps, [h["reward_mean"] for h in history], label="reward", alpha=0.5)
+    if history and "outcome" in history[0]:
+        curve.plot(steps, [h["outcome"] for h in history], label="outcome (F1/EM)", alpha=0.5)
+    curve.plot(steps, _smooth([h["reward_mean"] for h in history]), label="reward (avg of 5)")
+    curve.set_xlabel("optimizer step")
+    curve.set_title("training reward")
+    curve.legend()
+    fig.suptitle(f"{name}: GRPO + LoRA on SmolLM2-135M (CPU)")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _smooth(values: list[float], window: int = 5) -> list[float]:
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--per-speaker", type=int, default=3, help="memories per speaker shown")
+    args = parser.parse_args()
+    retriever = Retriever(load_encoder())
+    train_rows = answer_rows_from_locomo(TRAIN_FILE, retriever, per_speaker=args.per_speaker)
+    val_rows = answer_rows_from_locomo(VAL_FILE, retriever, per_speaker=args.per_speaker)
+    val_rows = val_rows[: args.val_limit] if args.val_limit else val_rows
+    config = job_config(args, "answer", args.out / "adapters" / "answer")
+    run_bench(
+        "train_answer",
+        config,
+        train_rows,
+        val_rows,
+        minutes=args.minutes,
+        settings=vars(args) | {"out": str(args.out), "data_dir": str(args.data_dir)},
+        out_dir=args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from app.llm.backend import validate_adapter_dir
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.inprocess import load_base_model
+from app.memory.schemas import as_views
+from training import grpo
+from training.config import GRPOJobConfig
+from training.datasets import answer_row
+from training.grpo import TrainResult, run_grpo, select_rows
+
+MAY = datetime(2023, 5, 8, tzinfo=UTC)
+FACTS = [
+    (
+        "Ann",
+        "On 8 May 2023, Ann adopted a puppy named Scout.",
+        "What is Ann's puppy called?",
+        "Scout",
+    ),
+    ("Bob", "On 8 May 2023, Bob moved to Lisbon.", "Where did Bob move?", "Lisbon"),
+    ("Ann", "On 8 May 2023, Ann started a pottery class.", "What class did Ann start?", "pottery"),
+    ("Bob", "On 8 May 2023, Bob ran a marathon in 4 hours.", "How long was Bob's run?", "4 hours"),
+]
+
+
+def tiny_rows() -> list[dict[str, Any]]:
+    views = as_views(
+        [(uuid.UUID(int=i + 1), text, who, MAY) for i, (who, text, _, _) in enumerate(FACTS)]
+    )
+    return [answer_row(question, views, gold=gold, category=4) for _, _, question, gold in FACTS]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = os.environ.get("MEMR1_TEST_DATA_DIR") or tmp_path_factory.mktemp("grpo-data")
+    return ensure_bundled_model(Path(data_dir))
+
+
+class Trained:
+    def __init__(self, result: TrainResult, reports: list[dict[str, Any]], model: Any) -> None:
+        self.result = result
+        self.reports = reports
+        self.model = model  # the very model object GRPO trained (LoRA injected in place)
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    loaded: list[Any] = []
+
+    def recording_loader(model_dir: Path) -> Any:
+        model, tokenizer = load_base_model(model_dir)
+        loaded.append(model)
+        return model, tokenizer
+
+    config = GRPOJobConfig(
+        agent="answer",
+        output_dir=tmp_path_factory.mktemp("adapter"),
+        base_model_dir=base_dir,
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=1e-3,
+        max_steps=4,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_completion_length=16,
+        beta=0.04,
+        seed=1,
+    )
+    reports: list[dict[str, Any]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grpo, "load_base_model", recording_loader)
+        # Asked to stop once a step has been reported: training ends after step 2 of 4.
+        result = run_grpo(
+            config, tiny_rows(), progress=reports.append, should_stop=lambda: bool(reports)
+        )
+    return Trained(result, reports, loaded[0])
+
+
+@pytest.mark.model
+class TestTinyRun:
+    def test_reports_every_step_and_stops_when_asked(self, trained: Trained) -> None:
+        assert [r["step"] for r in trained.reports] == [1, 2]
+        assert all(r["total"] == 4 for r in trained.reports)
+        for key in ("reward_mean", "reward_std", "kl", "loss", "outcome", "format"):
+            assert key in trained.reports[0], key
+        assert trained.result.stopped
+        assert trained.result.history == trained.reports
+        assert trained.result.metrics["steps"] == 2
+        assert trained.result.metrics["rows"] == 4
+
+    def test_lora_weights_changed_and_base_weights_did_not(
+        self, trained: Trained, base_dir: Path
+    ) -> None:
+        fresh, _ = load_base_model(base_dir)
+        reference = dict(fresh.named_parameters())
+        lora_b = []
+        for name, param in trained.model.named_parameters():
+            if "lora_B" in name:
+                lora_b.append(param.detach())
+            elif "lora_" not in name:
+                assert torch.equal(param, reference[name.replace(".base_layer", "")]), name
+        assert lora_b and any(b.abs().max() > 0 for b in lora_b)  # B starts at zero
+
+    def test_adapter_is_saved_for_serving(self, trained: Trained, base_dir: Path) -> None:
+        adapter_dir = trained.result.adapter_dir
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["r"] == 4
+        assert Path(config["base_model_name_or_path"]).name == BUNDLED_MODEL_NAME
+        weights = load_file(adapter_dir / "adapter_model.safetensors")
+        assert weights and all("lora_" in key for key in weights)
+        validate_adapter_dir(adapter_dir, base_model=BUNDLED_MODEL_NAME, max_lora_rank=16)
+
+    def test_loading_the_adapter_changes_the_outputs(
+        self, trained: Trained, base_dir: Path
+    ) -> None:
+        model, tokenizer = load_base_model(base_dir)
+        prompt = tiny_rows()[0]["prompt"]
+        ids = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            base_logits = model(**ids).logits
+        adapted = PeftModel.from_pretrained(model, str(trained.result.adapter_dir))
+        with torch.inference_mode():
+            adapted_logits = adapted(**ids).logits
+        assert (adapted_logits - base_logits).abs().max() > 1e-5
+
+
+@pytest.mark.model
+def test_rows_longer_than_max_prompt_length_are_skipped(base_dir: Path, tmp_path: Path) -> None:
+    _, tokenizer = load_base_model(base_dir)
+    rows = tiny_rows()
+    config = GRPOJobConfig(
+        agent="answer", output_dir=tmp_path, base_model_dir=base_dir, max_prompt_length=32
+    )
+    assert select_rows(rows, config, tokenizer) == []
+    roomy = GRPOJobConfig(
+        agent="answer", output_dir=tmp_path, base_model_dir=base_dir, max_train_rows=3
+    )
+    picked = select_rows(rows, roomy, tokenizer)
+    assert len(picked) == 3 and all(row in rows for row in picked)
+    assert select_rows(rows, roomy, tokenizer) == picked  # seeded, so repeatable
