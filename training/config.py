@@ -78,8 +78,11 @@ class GRPOJobConfig:
         },
     )
     max_prompt_length: int = field(
-        default=1536,
-        metadata={"help": "Rows whose chat prompt is longer than this many tokens are skipped."},
+        default=4096,
+        metadata={
+            "help": "Rows whose chat prompt is longer than this many tokens are skipped (an "
+            "Answer Agent prompt with 60 memories is about 2,100 SmolLM2 tokens)."
+        },
     )
     max_completion_length: int = field(
         default=48, metadata={"help": "Maximum generated tokens per completion."}

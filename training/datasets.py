@@ -100,9 +100,10 @@ class Retriever:
     Embeddings are cached by text: rewards rank the same bank again and again with only the
     few memories a Manager operation touched being new."""
 
-    def __init__(self, encode: Encode) -> None:
+    def __init__(self, encode: Encode, answer_per_speaker: int = ANSWER_PER_SPEAKER) -> None:
         self._encode = encode
         self._cache: dict[str, np.ndarray] = {}
+        self.answer_per_speaker = answer_per_speaker
 
     def _vectors(self, texts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
@@ -124,10 +125,12 @@ class Retriever:
         question: str,
         bank: Sequence[MemoryView],
         speakers: Sequence[str],
-        per_speaker: int = ANSWER_PER_SPEAKER,
+        per_speaker: int | None = None,
     ) -> list[MemoryView]:
-        """The memories the Answer Agent is shown: the best ``per_speaker`` of each of two
-        speakers (the paper's split), otherwise the best ``2 * per_speaker``; keyed m1..mN."""
+        """The memories the Answer Agent is shown: the best ``per_speaker`` (by default
+        ``answer_per_speaker``) of each of two speakers (the paper's split), otherwise the best
+        ``2 * per_speaker``; keyed m1..mN."""
+        per_speaker = per_speaker or self.answer_per_speaker
         ranked = self.rank(question, bank)
         if len(speakers) == 2:
             return split_per_speaker(ranked, (speakers[0], speakers[1]), per_speaker)
@@ -246,7 +249,7 @@ def answer_rows_from_locomo(
     path: Path | str,
     retriever: Retriever,
     *,
-    per_speaker: int = ANSWER_PER_SPEAKER,
+    per_speaker: int | None = None,
     categories: Iterable[int] = DEFAULT_CATEGORIES,
 ) -> list[Row]:
     """One row per question (category 5 left out by default): the question, the memories

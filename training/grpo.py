@@ -99,8 +99,10 @@ def select_rows(
 
 
 def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
-    encoded = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)
-    return len(encoded["input_ids"] if isinstance(encoded, dict) else encoded)
+    encoded = tokenizer.apply_chat_template(
+        row["prompt"], add_generation_prompt=True, return_dict=True
+    )
+    return len(encoded["input_ids"])
 
 
 def trl_config(config: GRPOJobConfig) -> GRPOConfig:

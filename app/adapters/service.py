@@ -22,17 +22,29 @@ async def ensure_loaded(runtime: Runtime, adapter: Adapter) -> str:
     return adapter.name
 
 
-async def resolve(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> str | None:
-    """The adapter name to serve ``agent`` with: None for the base model."""
+async def _chosen(
+    db: AsyncSession, tenant_id: uuid.UUID, agent: str, choice: str
+) -> Adapter | None:
     if choice == "base":
         return None
+    if choice == "active":
+        return await repository.get_active(db, tenant_id, agent)
+    adapter = await repository.get(db, tenant_id, uuid.UUID(choice))
+    if adapter is None or adapter.agent != agent:
+        raise NotFound(f"no {agent} adapter with id {choice}")
+    return adapter
+
+
+async def check_choice(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> None:
+    """NotFound unless ``choice`` ('active', 'base' or an adapter id) names a usable adapter."""
     async with transaction(runtime.sessions) as db:
-        if choice == "active":
-            adapter = await repository.get_active(db, tenant_id, agent)
-        else:
-            adapter = await repository.get(db, tenant_id, uuid.UUID(choice))
-            if adapter is None or adapter.agent != agent:
-                raise NotFound(f"no {agent} adapter with id {choice}")
+        await _chosen(db, tenant_id, agent, choice)
+
+
+async def resolve(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> str | None:
+    """The adapter name to serve ``agent`` with (loaded on demand): None for the base model."""
+    async with transaction(runtime.sessions) as db:
+        adapter = await _chosen(db, tenant_id, agent, choice)
     return None if adapter is None else await ensure_loaded(runtime, adapter)
 
 

@@ -9,7 +9,9 @@ from app.core.schemas import AdapterChoice, ExternalIdField, NonEmptyText
 class AskRequest(BaseModel):
     user_id: ExternalIdField
     question: NonEmptyText
-    top_k: int = Field(60, ge=1, le=60, description="Memories retrieved before distillation.")
+    top_k: int | None = Field(
+        None, ge=1, le=60, description="Memories retrieved before distillation (default 60)."
+    )
     answer_adapter: AdapterChoice = "active"
 
 

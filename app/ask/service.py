@@ -5,7 +5,7 @@ import uuid
 from app.adapters import service as adapters
 from app.ask.schemas import AskMemory, AskRequest, AskResponse
 from app.core.db import transaction
-from app.core.errors import BadUpstreamResponse, Unprocessable
+from app.core.errors import BadUpstreamResponse
 from app.core.runtime import Runtime
 from app.episodes import repository as episodes
 from app.episodes.views import view_json
@@ -18,15 +18,12 @@ from app.users import service as users
 
 
 async def ask(runtime: Runtime, tenant_id: uuid.UUID, body: AskRequest) -> AskResponse:
-    limits = runtime.settings.limits
-    if len(body.question) > limits.max_query_chars:
-        raise Unprocessable(
-            f"question has {len(body.question)} characters; the limit is {limits.max_query_chars}"
-        )
+    top_k = body.top_k or runtime.settings.limits.max_top_k
+    memories.check_query(body.question, top_k, runtime.settings.limits, "question")
     [embedding] = await runtime.embedder.embed([body.question])
     async with transaction(runtime.sessions) as db:
         user = await users.require_user(db, tenant_id, body.user_id)
-        hits = await memories.retrieve(db, tenant_id, user.id, embedding, body.top_k)
+        hits = await memories.retrieve(db, tenant_id, user.id, embedding, top_k)
     adapter = await adapters.resolve(runtime, tenant_id, Agent.answer, body.answer_adapter)
     views = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
     result = await answer_question(runtime.llm, body.question, views, adapter=adapter)

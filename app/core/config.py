@@ -66,7 +66,7 @@ class LimitSettings(BaseModel):
     max_turn_chars: int = Field(8000, ge=1, description="Longest accepted turn text.")
     max_turns_per_request: int = Field(200, ge=1, description="Largest batch of turns per POST.")
     max_query_chars: int = Field(2000, ge=1, description="Longest question or search query.")
-    max_top_k: int = Field(60, ge=1, le=1000, description="Largest top_k for retrieval.")
+    max_top_k: int = Field(60, ge=1, le=60, description="Largest top_k for retrieval.")
     max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest accepted request body.")
     max_memory_chars: int = Field(2000, ge=1, description="Longest memory text.")
 

@@ -106,19 +106,21 @@ async def search(
     return [(memory, float(dist)) for memory, dist in rows.all()]
 
 
-async def speakers(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> list[str]:
+async def speakers(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> list[str | None]:
+    """The distinct speakers of the user's live memories (None for memories without one)."""
     rows = await session.scalars(
         select(Memory.speaker)
         .where(
             Memory.tenant_id == tenant_id,
             Memory.user_id == user_id,
             Memory.deleted_at.is_(None),
-            Memory.speaker.is_not(None),
         )
         .group_by(Memory.speaker)
         .order_by(func.count().desc())
     )
-    return [s for s in rows.all() if s is not None]
+    return list(rows.all())
 
 
 async def update_text(

@@ -4,19 +4,19 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import NonEmptyText
+from app.core.schemas import NonEmptyText, UtcDatetime
 
 
 class MemoryCreate(BaseModel):
     text: NonEmptyText
     speaker: str | None = Field(None, max_length=200)
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
 
 
 class MemoryUpdate(BaseModel):
     text: NonEmptyText | None = None
     speaker: str | None = Field(None, max_length=200)
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
 
 
 class MemoryRead(BaseModel):

@@ -50,11 +50,19 @@ def to_read(memory: Memory, user_external_id: str, score: float | None = None) -
     )
 
 
-def check_text(text: str, limits: LimitSettings, what: str = "text") -> None:
-    if len(text) > limits.max_memory_chars:
-        raise Unprocessable(
-            f"{what} has {len(text)} characters; the limit is {limits.max_memory_chars}"
-        )
+def check_length(text: str, limit: int, what: str) -> None:
+    if len(text) > limit:
+        raise Unprocessable(f"{what} has {len(text)} characters; the limit is {limit}")
+
+
+def check_text(text: str, limits: LimitSettings) -> None:
+    check_length(text, limits.max_memory_chars, "text")
+
+
+def check_query(query: str, top_k: int, limits: LimitSettings, what: str = "query") -> None:
+    check_length(query, limits.max_query_chars, what)
+    if top_k > limits.max_top_k:
+        raise Unprocessable(f"top_k/limit is {top_k}; the limit is {limits.max_top_k}")
 
 
 async def add_manual(
@@ -184,14 +192,17 @@ async def retrieve(
     embedding: list[float],
     k: int,
 ) -> list[tuple[Memory, float]]:
-    """Top-k for the Answer Agent: with two or more speakers, up to k/2 of each of the two most
-    frequent ones (the paper's per-speaker split), else the plain top-k."""
-    speakers: Sequence[str] = await repository.speakers(db, tenant_id, user_id)
-    if len(speakers) < 2:
+    """Top-k for the Answer Agent. When every memory belongs to one of exactly two speakers
+    (two-party conversations, as in LoCoMo), each speaker gets half of the k slots and slots
+    one speaker cannot fill go to the other (the paper's per-speaker split); otherwise the
+    plain top-k."""
+    speakers = await repository.speakers(db, tenant_id, user_id)
+    if len(speakers) != 2 or None in speakers:
         return await repository.search(db, tenant_id, user_id, embedding, k)
-    hits: list[tuple[Memory, float]] = []
-    for speaker in speakers[:2]:
-        hits += await repository.search(db, tenant_id, user_id, embedding, k // 2, speaker)
+    first = await repository.search(db, tenant_id, user_id, embedding, k, speakers[0])
+    second = await repository.search(db, tenant_id, user_id, embedding, k, speakers[1])
+    take_first = min(len(first), k - min(len(second), k // 2))
+    hits = first[:take_first] + second[: k - take_first]
     return sorted(hits, key=lambda hit: hit[1])
 
 

@@ -4,13 +4,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import AdapterChoice, ExternalIdField, NonEmptyText
+from app.core.schemas import AdapterChoice, ExternalIdField, NonEmptyText, UtcDatetime
 
 
 class TurnIn(BaseModel):
     speaker: NonEmptyText = Field(max_length=200, description="Who said it, e.g. 'user' or a name.")
     text: NonEmptyText
-    occurred_at: datetime | None = Field(
+    occurred_at: UtcDatetime | None = Field(
         None, description="When it was said (ISO 8601). Defaults to the time it was received."
     )
 

@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.adapters import service as adapters
 from app.core.config import LimitSettings
 from app.core.db import transaction
 from app.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable, Upstream
 from app.core.runtime import Runtime
 from app.ingestion import repository as jobs
 from app.ingestion import service as ingestion
-from app.models import JobStatus
+from app.models import Agent, JobStatus
 from app.sessions import repository
 from app.sessions.schemas import TurnPage, TurnRead, TurnsAccepted, TurnsCreate
 from app.users import repository as users
@@ -93,6 +94,7 @@ async def list_turns(
 async def post_turns(
     runtime: Runtime, tenant_id: uuid.UUID, session_external_id: str, body: TurnsCreate, wait: bool
 ) -> TurnsAccepted:
+    await adapters.check_choice(runtime, tenant_id, Agent.manager, body.manager_adapter)
     stored = await accept_turns(runtime, tenant_id, session_external_id, body)
     if not wait:
         runtime.enqueue_ingestion(stored.job_id)
