@@ -338,7 +338,7 @@ def queues(service: dict[str, Any]) -> set[str]:
 def test_queues(services: dict[str, dict[str, Any]]) -> None:
     for name in ("worker", "worker-cpu"):
         assert command_line(services[name]).startswith("memory-r1 worker ")
-        assert queues(services[name]) == {"ingest", "default"}
+        assert queues(services[name]) == {"ingest"}
     for name in ("trainer", "trainer-cpu"):
         assert command_line(services[name]).startswith("memory-r1 worker ")
         assert queues(services[name]) == {"training"}
