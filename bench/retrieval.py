@@ -524,7 +524,7 @@ FORCE_PARALLEL = (
 )
 COVERING_INDEX = (
     "CREATE INDEX bench_memories_user_covering ON memories (tenant_id, user_id)"
-    " INCLUDE (embedding) WHERE deleted_at IS NULL"
+    " INCLUDE (id, embedding) WHERE deleted_at IS NULL"
 )
 
 
@@ -639,6 +639,7 @@ def alternatives(
         }
         covering = [
             Variant("two-step + covering index (index-only scan)", TWO_STEP_SQL),
+            Variant("service query + covering index (unused: it reads every column)", SERVICE_SQL),
             Variant(f"two-step + covering index, {parallel}", TWO_STEP_SQL, FORCE_PARALLEL),
         ]
         for variant in covering:

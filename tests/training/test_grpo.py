@@ -18,6 +18,7 @@ from training import grpo
 from training.config import GRPOJobConfig
 from training.datasets import answer_row
 from training.grpo import TrainResult, run_grpo, select_rows
+from training.rewards import RewardFunc, completion_text
 
 MAY = datetime(2023, 5, 8, tzinfo=UTC)
 FACTS = [
@@ -38,6 +39,25 @@ def tiny_rows() -> list[dict[str, Any]]:
         [(uuid.UUID(int=i + 1), text, who, MAY) for i, (who, text, _, _) in enumerate(FACTS)]
     )
     return [answer_row(question, views, gold=gold, category=4) for _, _, question, gold in FACTS]
+
+
+grpo_answer_reward = grpo.answer_reward  # the real one, before the test patches it
+
+
+def answer_reward_without_ties(kind: str, format_weight: float) -> RewardFunc:
+    """The real Answer Agent reward plus a tiny term that differs between different texts.
+
+    Two samples of a 135M model often score the same, and a group whose rewards tie has no
+    advantage and gives no update; in a two-step run that would leave the adapter untouched."""
+    reward = grpo_answer_reward(kind, format_weight)
+
+    def untied(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        rewards = reward(prompts, completions, **kwargs)
+        texts = [completion_text(c) for c in completions]
+        return [r + sum(map(ord, t)) % 997 / 10_000 for r, t in zip(rewards, texts, strict=True)]
+
+    untied.__name__ = reward.__name__
+    return untied
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +100,7 @@ def trained(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained
     reports: list[dict[str, Any]] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(grpo, "load_base_model", recording_loader)
+        patch.setattr(grpo, "answer_reward", answer_reward_without_ties)
         # Asked to stop once a step has been reported: training ends after step 2 of 4.
         result = run_grpo(
             config, tiny_rows(), progress=reports.append, should_stop=lambda: bool(reports)
