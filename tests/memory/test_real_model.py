@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.core.config import Settings
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.bundled import BUNDLED_MODEL_NAME
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, split_per_speaker
 from app.memory.extractor import extract_facts
@@ -47,9 +46,10 @@ def conversation(conversation_record: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-async def llm() -> AsyncIterator[InProcessBackend]:
-    model_dir = ensure_bundled_model(Settings().data_dir)
-    backend = InProcessBackend(model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64)
+async def llm(bundled_model_dir: Path) -> AsyncIterator[InProcessBackend]:
+    backend = InProcessBackend(
+        bundled_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
+    )
     yield backend
     await backend.close()
 
