@@ -113,11 +113,10 @@ async def test_job_succeeds_through_a_worker_and_a_duplicate_does_nothing(
     assert "is not queued" in log.read_text()
 
 
-async def test_cancel_stops_the_run_and_activates_nothing(
-    committed_client, committed_runtime, settings, train_file, model_ready
-):
-    tenant = await make_tenant(committed_runtime, f"cancel-{uuid.uuid4().hex[:6]}")
-    response = await committed_client.post(
+async def start_long_job(client, runtime, settings, train_file, label):
+    """A job that would run for a long time, being run by ``train_job`` in this process."""
+    tenant = await make_tenant(runtime, f"{label}-{uuid.uuid4().hex[:6]}")
+    response = await client.post(
         "/admin/training-jobs",
         json={
             "agent": "answer",
@@ -129,7 +128,16 @@ async def test_cancel_stops_the_run_and_activates_nothing(
         headers=tenant.admin,
     )
     job_id = response.json()["id"]
-    run = asyncio.create_task(train_job(committed_runtime.sessions, settings, uuid.UUID(job_id)))
+    run = asyncio.create_task(train_job(runtime.sessions, settings, uuid.UUID(job_id)))
+    return tenant, job_id, run
+
+
+async def test_cancel_stops_the_run_and_activates_nothing(
+    committed_client, committed_runtime, settings, train_file, model_ready
+):
+    tenant, job_id, run = await start_long_job(
+        committed_client, committed_runtime, settings, train_file, "cancel"
+    )
     for _ in range(300):
         if (await _job(committed_runtime, job_id)).status == "running":
             break
@@ -152,20 +160,9 @@ async def test_cancel_stops_the_run_and_activates_nothing(
 async def test_a_crashed_training_process_fails_the_job_with_the_reason(
     committed_client, committed_runtime, settings, train_file, model_ready
 ):
-    tenant = await make_tenant(committed_runtime, f"crash-{uuid.uuid4().hex[:6]}")
-    response = await committed_client.post(
-        "/admin/training-jobs",
-        json={
-            "agent": "answer",
-            "source": "dataset",
-            "dataset": train_file,
-            "params": {**TINY, "max_steps": 500},
-            "activate": "always",
-        },
-        headers=tenant.admin,
+    _, job_id, run = await start_long_job(
+        committed_client, committed_runtime, settings, train_file, "crash"
     )
-    job_id = response.json()["id"]
-    run = asyncio.create_task(train_job(committed_runtime.sessions, settings, uuid.UUID(job_id)))
     children: list[multiprocessing.Process] = []
     for _ in range(300):
         children = multiprocessing.active_children()
