@@ -150,11 +150,13 @@ class Turn(Base):
 class Memory(Base):
     __tablename__ = "memories"
     __table_args__ = (
-        # Exact per-user retrieval scans this index (see app/memories/repository.py).
+        # Exact per-user retrieval reads only this index (an index-only scan: the user's
+        # vectors sit together instead of scattered over the heap); see memories/repository.py.
         Index(
             "ix_memories_tenant_user_live",
             "tenant_id",
             "user_id",
+            postgresql_include=["id", "speaker", "embedding"],
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index(
@@ -170,7 +172,11 @@ class Memory(Base):
     user_id: Mapped[uuid.UUID] = _user_fk()
     speaker: Mapped[str | None] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)
-    embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIM))
+    # Only the database reads vectors back (to rank them); loading 384 floats per row into
+    # Python would cost more than the search itself.
+    embedding: Mapped[list[float]] = mapped_column(
+        Vector(EMBEDDING_DIM), deferred=True, deferred_raiseload=True
+    )
     occurred_at: Mapped[datetime | None]
     source_turn_ids: Mapped[list[uuid.UUID]] = mapped_column(
         ARRAY(UUID(as_uuid=True)), default=list

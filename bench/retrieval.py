@@ -729,12 +729,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.bar(xs + 0.2, p95, 0.4, label="p95")
     for x, (_, _, p50_limit, p95_limit) in zip(xs, groups, strict=True):
         if p50_limit is not None:
-            ax.hlines(p50_limit, x - 0.4, x, colors="C0", linestyles="dashed")
+            ax.hlines(p50_limit, x - 0.4, x, colors="black", linestyles="dashed", zorder=3)
         if p95_limit is not None:
-            ax.hlines(p95_limit, x, x + 0.4, colors="C1", linestyles="dashed")
+            ax.hlines(p95_limit, x, x + 0.4, colors="black", linestyles="dotted", zorder=3)
     ax.set_xticks(xs, [g[0] for g in groups])
     ax.set_yscale("log")
-    ax.set_ylabel("ms (log scale); dashed: targets")
+    ax.set_ylabel("ms (log scale); black lines: p50 / p95 targets")
     ax.set_title(f"top-{TOP_K} retrieval at {results['dataset']['memories']:,} memories")
     ax.legend()
     fig.tight_layout()

@@ -71,7 +71,7 @@ def job_config(args: argparse.Namespace, agent: str, output_dir: Path) -> GRPOJo
         reward=args.reward,
         format_weight=args.format_weight,
         lora_r=args.lora_r,
-        lora_alpha=2.0 * args.lora_r,
+        lora_alpha=2 * args.lora_r,
         learning_rate=args.lr,
         max_steps=args.max_steps,
         num_generations=args.num_generations,
@@ -184,10 +184,12 @@ def plot(
     bars.set_title(f"validation ({before['rows']} questions)")
     bars.legend()
     steps = [h["step"] for h in history]
-    curve.plot(steps, [h["reward_mean"] for h in history], label="reward", alpha=0.5)
+    rewards = [h["reward_mean"] for h in history]
+    curve.plot(steps, rewards, ".-", label="reward", alpha=0.5)
     if history and "outcome" in history[0]:
-        curve.plot(steps, [h["outcome"] for h in history], label="outcome (F1/EM)", alpha=0.5)
-    curve.plot(steps, _smooth([h["reward_mean"] for h in history]), label="reward (avg of 5)")
+        outcomes = [h["outcome"] for h in history]
+        curve.plot(steps, outcomes, ".-", label="outcome (F1/EM)", alpha=0.5)
+    curve.plot(steps, _smooth(rewards), label="reward (avg of 5)")
     curve.set_xlabel("optimizer step")
     curve.set_title("training reward")
     curve.legend()

@@ -47,8 +47,8 @@ class GRPOJobConfig:
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (1..256)."})
-    lora_alpha: float = field(
-        default=32.0, metadata={"help": "LoRA scaling numerator; the update is scaled by alpha/r."}
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA scaling numerator; the update is scaled by alpha/r."}
     )
     lora_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."}

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
-from transformers import PreTrainedTokenizerBase, TrainerCallback
+from peft import LoraConfig, PeftModel
+from transformers import BatchEncoding, PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from app.llm.inprocess import load_base_model
@@ -99,8 +99,9 @@ def select_rows(
 
 
 def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
-    encoded = tokenizer.apply_chat_template(
-        row["prompt"], add_generation_prompt=True, return_dict=True
+    encoded = cast(
+        BatchEncoding,
+        tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True),
     )
     return len(encoded["input_ids"])
 
@@ -163,7 +164,8 @@ def run_grpo(
     try:
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[reward],
+            # TRL types rewards as returning list[float | None]; list is invariant.
+            reward_funcs=[reward],  # type: ignore[list-item]
             args=trl_config(config),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
@@ -174,7 +176,7 @@ def run_grpo(
     finally:
         close()
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(config.output_dir))
+    cast(PeftModel, trainer.model).save_pretrained(str(config.output_dir))
     tokenizer.save_pretrained(str(config.output_dir))
     metrics = _summary(reporter.history, len(rows), time.perf_counter() - started)
     return TrainResult(config.output_dir, metrics, reporter.history, reporter.stopped)

@@ -37,6 +37,8 @@ async def _chosen(
 
 async def check_choice(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> None:
     """NotFound unless ``choice`` ('active', 'base' or an adapter id) names a usable adapter."""
+    if choice in ("active", "base"):
+        return
     async with transaction(runtime.sessions) as db:
         await _chosen(db, tenant_id, agent, choice)
 

@@ -1,10 +1,12 @@
 """All SQL about memories and their history.
 
-Retrieval is exact: the user's live rows are read through the (tenant_id, user_id) partial index
-and sorted by cosine distance. An HNSW scan over the whole table filtered by user afterwards
-returns too few rows for a user whose memories are a small part of the table, so the distance
-is written as ``(embedding <=> q) + 0`` - an expression the HNSW index cannot serve - which keeps
-the planner on the per-user index for every bank size. bench/retrieval.py measures it.
+Retrieval is exact. An HNSW scan over the whole table filtered by user afterwards returns too
+few rows for a user whose memories are a small part of the table, so search ranks all of the
+user's live vectors instead, in two steps: the top-k ids and distances come from an index-only
+scan of the (tenant_id, user_id) partial index, which carries id, speaker and embedding, so a
+user's vectors are read together rather than from pages scattered over the heap; then only
+those k rows are fetched. The distance is written as ``(embedding <=> q) + 0``, an expression
+the HNSW index cannot serve, so the planner never swaps it in. bench/retrieval.py measures it.
 """
 
 import uuid
@@ -97,12 +99,17 @@ async def search(
 ) -> list[tuple[Memory, float]]:
     """The exact top-k live memories of one user by cosine distance (see module docstring)."""
     distance = (Memory.embedding.cosine_distance(embedding) + 0).label("distance")
-    query = select(Memory, distance).where(
+    top = select(Memory.id, distance).where(
         Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.deleted_at.is_(None)
     )
     if speaker is not None:
-        query = query.where(Memory.speaker == speaker)
-    rows = await session.execute(query.order_by(distance, Memory.id).limit(k))
+        top = top.where(Memory.speaker == speaker)
+    ranked = top.order_by(distance, Memory.id).limit(k).subquery("top")
+    rows = await session.execute(
+        select(Memory, ranked.c.distance)
+        .join(ranked, Memory.id == ranked.c.id)
+        .order_by(ranked.c.distance, Memory.id)
+    )
     return [(memory, float(dist)) for memory, dist in rows.all()]
 
 
@@ -135,7 +142,8 @@ async def update_text(
 ) -> Memory:
     if text_ is not None:
         memory.text = text_
-        memory.embedding = embedding if embedding is not None else memory.embedding
+    if embedding is not None:
+        memory.embedding = embedding
     if speaker is not None:
         memory.speaker = speaker
     if occurred_at is not None:

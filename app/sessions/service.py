@@ -1,5 +1,6 @@
 """Sessions and turns. Turns are committed before anything else happens to them."""
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,7 +98,7 @@ async def post_turns(
     await adapters.check_choice(runtime, tenant_id, Agent.manager, body.manager_adapter)
     stored = await accept_turns(runtime, tenant_id, session_external_id, body)
     if not wait:
-        runtime.enqueue_ingestion(stored.job_id)
+        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
         return TurnsAccepted(
             session_id=session_external_id,
             turn_ids=stored.turn_ids,
@@ -107,7 +108,7 @@ async def post_turns(
     try:
         job = await ingestion.process_job(runtime, stored.job_id)
     except Upstream as exc:
-        runtime.enqueue_ingestion(stored.job_id)
+        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
         raise Upstream(
             f"{exc.detail}. The {len(stored.turn_ids)} turns are stored and ingestion job "
             f"{stored.job_id} will be retried in the background."

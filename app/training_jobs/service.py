@@ -1,5 +1,6 @@
 """Training jobs: validated and stored here, run by a worker (workers/tasks/train.py)."""
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def create_job(
                 logs="",
             ),
         )
-    runtime.enqueue_training(job.id)
+    await asyncio.to_thread(runtime.enqueue_training, job.id)
     return TrainingJobRead.from_job(job)
 
 

@@ -217,6 +217,7 @@ def upgrade() -> None:
         "memories",
         ["tenant_id", "user_id"],
         unique=False,
+        postgresql_include=["id", "speaker", "embedding"],
         postgresql_where=sa.text("deleted_at IS NULL"),
     )
     op.create_table(

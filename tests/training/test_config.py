@@ -40,9 +40,9 @@ class TestDefaults:
 
 class TestFromParams:
     def test_json_values_are_normalised(self) -> None:
-        config = make(target_modules=["q_proj", "v_proj"], lora_alpha=16)
+        config = make(target_modules=["q_proj", "v_proj"], beta=0)
         assert config.target_modules == ("q_proj", "v_proj")
-        assert config.lora_alpha == 16.0 and isinstance(config.lora_alpha, float)
+        assert config.beta == 0.0 and isinstance(config.beta, float)
 
     def test_unknown_key_lists_valid_ones(self) -> None:
         with pytest.raises(ValueError, match="Unknown training parameter") as info:
