@@ -156,6 +156,11 @@ def dataset_problem(url: str, spec: Spec) -> str | None:
         ).fetchone()
         if valid is None or not valid[0]:
             return f"{HNSW_INDEX} missing or invalid"
+        user_index = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_memories_tenant_user_live'"
+        ).fetchone()
+        if user_index is None or "INCLUDE (id, speaker, embedding)" not in user_index[0]:
+            return "ix_memories_tenant_user_live is not the migration's covering index"
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM tenants), (SELECT count(*) FROM users),"
             " (SELECT count(*) FROM memories WHERE deleted_at IS NULL)"
