@@ -181,7 +181,11 @@ async def test_concurrent_ingestion_for_one_user_is_serialised(committed_runtime
             await db.scalars(select(Memory).where(Memory.tenant_id == tenant.tenant_id))
         ).all()
         events = (
-            await db.scalars(select(MemoryEvent).where(MemoryEvent.memory_id == memory.id))
+            await db.scalars(
+                select(MemoryEvent)
+                .where(MemoryEvent.memory_id == memory.id)
+                .order_by(MemoryEvent.id)
+            )
         ).all()
     assert memory.version == 2
     assert [e.op for e in events] == ["ADD", "UPDATE"]
