@@ -4,7 +4,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.core.deps import DbSession, MemoryPrincipal, RuntimeDep
-from app.core.errors import Unprocessable
 from app.core.schemas import ExternalId
 from app.memories import service
 from app.memories.schemas import MemoryCreate, MemoryEventRead, MemoryPage, MemoryRead, MemoryUpdate
@@ -24,14 +23,15 @@ async def list_memories(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> MemoryPage:
-    if query is not None:
-        if offset:
-            raise Unprocessable("offset does not apply to ?query= (search returns the top `limit`)")
-        # Search returns at most max_top_k (60) results, however large the page asked for.
-        limit = min(limit, runtime.settings.limits.max_top_k)
-        service.check_query(query, limit, runtime.settings.limits)
     return await service.list_or_search(
-        db, runtime.embedder, principal.tenant_id, user_id, query=query, limit=limit, offset=offset
+        db,
+        runtime.embedder,
+        runtime.settings.limits,
+        principal.tenant_id,
+        user_id,
+        query=query,
+        limit=limit,
+        offset=offset,
     )
 
 

@@ -96,6 +96,7 @@ async def add_manual(
 async def list_or_search(
     db: AsyncSession,
     embedder: Embedder,
+    limits: LimitSettings,
     tenant_id: uuid.UUID,
     user_external_id: str,
     *,
@@ -103,7 +104,14 @@ async def list_or_search(
     limit: int,
     offset: int,
 ) -> MemoryPage:
-    embedding = (await embedder.embed([query]))[0] if query else None
+    embedding = None
+    if query is not None:
+        if offset:
+            raise Unprocessable("offset does not apply to ?query= (search returns the top `limit`)")
+        # Search returns at most max_top_k (60) results, however large the page asked for.
+        limit = min(limit, limits.max_top_k)
+        check_query(query, limit, limits)
+        [embedding] = await embedder.embed([query])
     user = await users_service.require_user(db, tenant_id, user_external_id)
     if embedding is not None:
         hits = await repository.search(db, tenant_id, user.id, embedding, limit)

@@ -25,8 +25,7 @@ def _check(body: TrainingJobCreate) -> None:
         raise Unprocessable(f"params: {exc}") from exc
     if body.source == "dataset" and not body.dataset:
         raise Unprocessable("source 'dataset' needs 'dataset': a LoCoMo-format JSON file path")
-    for name in ("dataset", "validation_dataset"):
-        path = getattr(body, name)
+    for name, path in (("dataset", body.dataset), ("validation_dataset", body.validation_dataset)):
         if path and not Path(path).is_file():
             raise Unprocessable(f"{name} {path!r} is not a readable file on the server")
     if body.activate == "if_better" and not body.validation_dataset:
