@@ -32,6 +32,12 @@ Row = dict[str, Any]
 Progress = Callable[[dict[str, Any]], None]
 ShouldStop = Callable[[], bool]
 
+# Serving decodes under the agent's JSON grammar, which forces these first characters (the
+# schemas fix the property order, xgrammar the separators). Training samples freely, so prompts
+# are rendered with them already in place: the adapter learns in the very token context
+# serving runs it in, and no sample is wasted on not starting the JSON.
+RESPONSE_PREFIX = {"answer": '{"selected": [', "manager": '{"operations": ['}
+
 # TRL's log keys -> the names progress reports use.
 _REPORTED = {
     "reward": "reward_mean",
@@ -96,6 +102,23 @@ def select_rows(
         )
     random.Random(config.seed).shuffle(fitting)
     return fitting[: config.max_train_rows] if config.max_train_rows else fitting
+
+
+def render_rows(rows: Sequence[Row], agent: str, tokenizer: PreTrainedTokenizerBase) -> list[Row]:
+    """Rows with ``prompt`` rendered to text through the chat template, followed by the
+    agent's forced reply prefix, which the rewards put back (``response_prefix`` column)."""
+    prefix = RESPONSE_PREFIX[agent]
+    return [
+        {**row, "prompt": _chat_text(row, tokenizer) + prefix, "response_prefix": prefix}
+        for row in rows
+    ]
+
+
+def _chat_text(row: Row, tokenizer: PreTrainedTokenizerBase) -> str:
+    return cast(
+        str,
+        tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False),
+    )
 
 
 def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -167,7 +190,7 @@ def run_grpo(
             # TRL types rewards as returning list[float | None]; list is invariant.
             reward_funcs=[reward],  # type: ignore[list-item]
             args=trl_config(config),
-            train_dataset=Dataset.from_list(rows),
+            train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
             processing_class=tokenizer,
             callbacks=[reporter],
             peft_config=_lora(config),

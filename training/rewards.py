@@ -43,6 +43,13 @@ def completion_text(completion: str | list[dict[str, str]]) -> str:
     return "".join(message["content"] for message in completion)
 
 
+def completion_texts(completions: Sequence[Any], kwargs: dict[str, Any]) -> list[str]:
+    """The full output of each completion: rows rendered with a forced start of the reply
+    (``response_prefix``, see ``grpo.render_rows``) get it put back in front."""
+    prefixes = kwargs.get("response_prefix") or [""] * len(completions)
+    return [p + completion_text(c) for p, c in zip(prefixes, completions, strict=True)]
+
+
 def parse_json(text: str) -> tuple[Any, bool]:
     """``(value, whole)``: the JSON value the text starts with (None if it doesn't start with
     one) and whether that value is all there is. Serving decodes under a grammar and never
@@ -144,8 +151,9 @@ def _answer_outcomes(completions: Sequence[Any], kind: str, **kwargs: Any) -> li
     rating = kwargs.get("rating") or [None] * len(completions)
     logged = kwargs.get("logged_answer") or [None] * len(completions)
     scores: list[float] = []
-    for completion, g, c, r, a in zip(completions, gold, category, rating, logged, strict=True):
-        prediction = parsed_answer(completion_text(completion))
+    texts = completion_texts(completions, kwargs)
+    for text, g, c, r, a in zip(texts, gold, category, rating, logged, strict=True):
+        prediction = parsed_answer(text)
         if g is not None:
             scores.append(outcome_score(prediction, g, int(c), kind))
         elif r is not None and a is not None:
@@ -176,10 +184,8 @@ def answer_format_reward(
     **kwargs: Any,
 ) -> list[float]:
     """``answer_format_score`` of each completion against the keys its prompt showed."""
-    return [
-        answer_format_score(completion_text(c), keys)
-        for c, keys in zip(completions, memory_keys, strict=True)
-    ]
+    texts = completion_texts(completions, kwargs)
+    return [answer_format_score(text, keys) for text, keys in zip(texts, memory_keys, strict=True)]
 
 
 def answer_reward(kind: str, format_weight: float) -> RewardFunc:
@@ -214,7 +220,7 @@ def manager_outcome_reward(
     _check(kind, format_weight)
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        texts = [completion_text(c) for c in completions]
+        texts = completion_texts(completions, kwargs)
         shown: list[tuple[str, list[MemoryView]]] = []
         formats: list[float] = []
         for i, text in enumerate(texts):

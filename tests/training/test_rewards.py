@@ -38,6 +38,19 @@ class TestParsing:
         assert completion_text("abc") == "abc"
         assert completion_text(as_message("abc")) == "abc"
 
+    def test_forced_reply_prefix_is_put_back(self) -> None:
+        prefix = '{"selected": ['
+        completion = '"m1"], "answer": "Rome"}'
+        rewards = answer_reward("em", 0.5)(
+            [],
+            [completion],
+            gold=["Rome"],
+            category=[4],
+            memory_keys=[KEYS],
+            response_prefix=[prefix],
+        )
+        assert rewards == [1.0]
+
     def test_parse_json_reports_trailing_text(self) -> None:
         assert parse_json(' {"a": 1} ') == ({"a": 1}, True)
         assert parse_json('{"a": 1} and more') == ({"a": 1}, False)
