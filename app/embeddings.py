@@ -8,8 +8,11 @@ from typing import Protocol
 import httpx
 
 from app.core.config import EmbeddingBackendKind, EmbeddingSettings
-from app.core.errors import BadUpstreamResponse, Upstream
+from app.core.errors import BadUpstreamResponse
+from app.llm.openai_compat import request_with_retries
 from app.models import EMBEDDING_DIM
+
+RETRY_BACKOFF_S = 0.25
 
 
 class Embedder(Protocol):
@@ -76,25 +79,14 @@ class OpenAICompatEmbedder:
         return out
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
-        body = {"model": self._settings.model, "input": texts}
-        last_error = ""
-        for attempt in range(self._settings.max_retries + 1):
-            try:
-                response = await self._client.post("/embeddings", json=body)
-            except httpx.TransportError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 500 and response.status_code != 429:
-                    return self._parse(response)
-                last_error = f"HTTP {response.status_code}"
-            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
-        raise Upstream(f"embedding endpoint {self._settings.base_url} failed: {last_error}")
-
-    def _parse(self, response: httpx.Response) -> list[list[float]]:
-        if response.status_code != 200:
-            raise BadUpstreamResponse(
-                f"embedding endpoint answered {response.status_code}: {response.text[:200]}"
-            )
+        response = await request_with_retries(
+            self._client,
+            "POST",
+            "/embeddings",
+            {"model": self._settings.model, "input": texts},
+            max_retries=self._settings.max_retries,
+            backoff_s=RETRY_BACKOFF_S,
+        )
         rows = sorted(response.json()["data"], key=lambda row: row["index"])
         vectors = [_normalise(row["embedding"]) for row in rows]
         if any(len(v) != EMBEDDING_DIM for v in vectors):

@@ -196,31 +196,56 @@ class OpenAICompatBackend:
     async def _request(
         self, method: str, url: str, body: dict[str, Any] | None = None, *, hint: str = ""
     ) -> httpx.Response:
-        attempts = self._max_retries + 1
-        failure = ""
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self._backoff(attempt))
-            try:
-                response = await self._client.request(method, url, json=body)
-            except httpx.TransportError as exc:  # refused, reset, DNS, connect/read timeouts
-                failure = f"{type(exc).__name__} {exc}".strip()
-                continue
-            if response.status_code in _RETRYABLE_STATUS or response.status_code >= 500:
-                failure = f"HTTP {response.status_code}: {_error_message(response)}"
-                continue
-            if response.is_error:
-                raise BadUpstreamResponse(
-                    f"{method} {url} was refused with HTTP {response.status_code}: "
-                    f"{_error_message(response)}{hint}"
-                )
-            return response
-        raise Upstream(f"{method} {url} failed after {attempts} attempt(s); last error: {failure}")
+        return await request_with_retries(
+            self._client,
+            method,
+            url,
+            body,
+            max_retries=self._max_retries,
+            backoff_s=self._backoff_s,
+            hint=hint,
+        )
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)
-        # Jitter keeps workers that failed together from retrying in lockstep.
-        return delay * random.uniform(0.5, 1.0)
+
+async def request_with_retries(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None,
+    *,
+    max_retries: int,
+    backoff_s: float,
+    hint: str = "",
+) -> httpx.Response:
+    """One request to an OpenAI-compatible server: transport errors, 408, 429 and 5xx are
+    retried with exponential backoff, then Upstream (503); other errors are
+    BadUpstreamResponse (502) with the server's own message."""
+    attempts = max_retries + 1
+    failure = ""
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(_backoff(backoff_s, attempt))
+        try:
+            response = await client.request(method, url, json=body)
+        except httpx.TransportError as exc:  # refused, reset, DNS, connect/read timeouts
+            failure = f"{type(exc).__name__} {exc}".strip()
+            continue
+        if response.status_code in _RETRYABLE_STATUS or response.status_code >= 500:
+            failure = f"HTTP {response.status_code}: {_error_message(response)}"
+            continue
+        if response.is_error:
+            raise BadUpstreamResponse(
+                f"{method} {url} was refused with HTTP {response.status_code}: "
+                f"{_error_message(response)}{hint}"
+            )
+        return response
+    raise Upstream(f"{method} {url} failed after {attempts} attempt(s); last error: {failure}")
+
+
+def _backoff(backoff_s: float, attempt: int) -> float:
+    delay = min(backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+    # Jitter keeps workers that failed together from retrying in lockstep.
+    return delay * random.uniform(0.5, 1.0)
 
 
 def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
