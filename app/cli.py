@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings, get_settings
 from app.core.db import (
@@ -23,6 +26,8 @@ from app.models import Scope
 from app.tenants import service as tenants
 
 log = logging.getLogger("memory_r1")
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -40,7 +45,7 @@ def database(settings: Settings) -> Iterator[Settings]:
         embedded.stop()
 
 
-async def _with_db(database_url: str, work):  # type: ignore[no-untyped-def]
+async def _with_db(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     engine = create_engine(database_url, pool_size=1)
     try:
         async with transaction(session_factory(engine)) as db:
@@ -131,7 +136,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             scopes = [Scope(s) for s in args.scopes.split(",")]
             tenant = uuid.UUID(args.tenant) if args.tenant else None
 
-            async def create(db):  # type: ignore[no-untyped-def]
+            async def create(db: AsyncSession) -> tenants.IssuedKey:
                 return await tenants.create_key(db, tenant_id=tenant, name=args.name, scopes=scopes)
 
             issued = asyncio.run(_with_db(url, create))
