@@ -74,6 +74,13 @@ class LimitSettings(BaseModel):
 class PipelineSettings(BaseModel):
     manager_candidates: int = Field(5, ge=1, le=50, description="Similar memories shown per fact.")
     max_facts_per_turn: int = Field(5, ge=1, le=20)
+    extract_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Turns of a job whose facts are extracted at once (the in-process backend "
+        "batches them); Manager decisions stay one at a time, in turn order.",
+    )
     answer_top_k: int = Field(60, ge=1, le=60)
     ingest_max_attempts: int = Field(3, ge=1, le=20, description="Tries before a job fails.")
     ingest_retry_backoff_s: float = Field(5.0, ge=0)

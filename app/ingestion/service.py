@@ -1,9 +1,13 @@
 """Stage 1 of the pipeline: turns -> facts -> Manager operations -> the memory bank.
 
 A job is claimed once (queued -> running), processes its turns in order and records progress
-after each turn, so a retry after a failure resumes where it stopped. No transaction is open
-while a model runs: read, release, call, write."""
+after each turn, so a retry after a failure resumes where it stopped. Facts are extracted for
+a window of turns at once (extraction reads only its own turn, so the calls are independent
+and the model batches them); the Manager then decides fact by fact, in turn order, because
+each decision reads the bank the previous ones wrote. No transaction is open while a model
+runs: read, release, call, write."""
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from app.ingestion import repository
 from app.ingestion.schemas import IngestionRead
 from app.memories import repository as memories
 from app.memories import service as memories_service
-from app.memory.extractor import extract_facts
+from app.memory.extractor import Extraction, extract_facts
 from app.memory.manager import decide
 from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
 from app.memory.schemas import Fact, OpKind, as_views
@@ -63,11 +67,18 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
             ),
         )
         result: dict[str, Any] = dict(job.result or {"processed_turns": 0, "operations": []})
-        for turn in turns[result["processed_turns"] :]:
-            result["operations"] += await _ingest_turn(runtime, context, turn)
-            result["processed_turns"] += 1
-            async with transaction(runtime.sessions) as db:
-                await repository.save_result(db, job.id, result)
+        window = runtime.settings.pipeline.extract_concurrency
+        remaining = turns[result["processed_turns"] :]
+        for start in range(0, len(remaining), window):
+            batch = remaining[start : start + window]
+            extractions = await _extract_all(runtime, context, batch)
+            for turn, extraction in zip(batch, extractions, strict=True):
+                await _log_extraction(runtime, context, turn, extraction)
+                for fact in extraction.facts:
+                    result["operations"] += await _manage_fact(runtime, context, turn, fact)
+                result["processed_turns"] += 1
+                async with transaction(runtime.sessions) as db:
+                    await repository.save_result(db, job.id, result)
     except Upstream as exc:
         retry = job.attempts < runtime.settings.pipeline.ingest_max_attempts
         await _finish(runtime, job.id, JobStatus.queued if retry else JobStatus.failed, exc.detail)
@@ -89,15 +100,33 @@ async def _finish(
         await repository.finish(db, job_id, status, error)
 
 
-async def _ingest_turn(runtime: Runtime, ctx: _Context, turn: Turn) -> list[dict[str, Any]]:
-    extraction = await extract_facts(
-        runtime.llm,
-        speaker=turn.speaker,
-        text=turn.text,
-        occurred_at=turn.occurred_at,
-        adapter=ctx.extractor,
-        max_facts=runtime.settings.pipeline.max_facts_per_turn,
-    )
+async def _extract_all(runtime: Runtime, ctx: _Context, turns: list[Turn]) -> list[Extraction]:
+    """The extractions of ``turns``, computed concurrently (model calls only, no database). The
+    first failure is raised as itself, and the other calls are cancelled."""
+    max_facts = runtime.settings.pipeline.max_facts_per_turn
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    extract_facts(
+                        runtime.llm,
+                        speaker=turn.speaker,
+                        text=turn.text,
+                        occurred_at=turn.occurred_at,
+                        adapter=ctx.extractor,
+                        max_facts=max_facts,
+                    )
+                )
+                for turn in turns
+            ]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _log_extraction(
+    runtime: Runtime, ctx: _Context, turn: Turn, extraction: Extraction
+) -> None:
     async with transaction(runtime.sessions) as db:
         await episodes.add(
             db,
@@ -111,10 +140,6 @@ async def _ingest_turn(runtime: Runtime, ctx: _Context, turn: Turn) -> list[dict
             error=extraction.error,
             model=runtime.llm.base_model,
         )
-    applied: list[dict[str, Any]] = []
-    for fact in extraction.facts:
-        applied += await _manage_fact(runtime, ctx, turn, fact)
-    return applied
 
 
 async def _manage_fact(

@@ -5,9 +5,11 @@ import asyncio
 import json
 import uuid
 
+import pytest
 from sqlalchemy import select
 
 from app.core.db import transaction
+from app.core.errors import Upstream
 from app.ingestion import service as ingestion
 from app.models import Episode, Memory, MemoryEvent
 from app.sessions import service as sessions
@@ -190,3 +192,88 @@ async def test_concurrent_ingestion_for_one_user_is_serialised(committed_runtime
     assert memory.version == 2
     assert [e.op for e in events] == ["ADD", "UPDATE"]
     assert memory.text == applied[0]["text"]
+
+
+class OverlapLLM(FakeLLM):
+    """Yields inside every extraction call and records how many were in flight at once."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def complete(self, messages, *, json_schema=None, **kwargs):
+        if json_schema is not None and "facts" in json.dumps(json_schema):
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            await asyncio.sleep(0.01)
+            self.in_flight -= 1
+        return await super().complete(messages, json_schema=json_schema, **kwargs)
+
+
+def andrew_said(texts: list[str]) -> TurnsCreate:
+    turns = [{"speaker": "Andrew", "text": t, "occurred_at": BUDDY["occurred_at"]} for t in texts]
+    return TurnsCreate(user_id="andrew", turns=turns)
+
+
+def said(text: str) -> str:
+    return f"On 8 May 2023, Andrew said: {text}"
+
+
+def fact_per_turn(call: FakeCall):
+    """One fact per turn, repeating the turn's text; the Manager ADDs every fact."""
+    if "facts" in json.dumps(call.json_schema):
+        text = call.last_user.split("<message>\n")[1].split("\n</message>")[0]
+        return {"facts": [said(text)]}
+    fact = call.last_user.split("<fact>")[1].split("</fact>")[0]
+    return {"operations": [{"op": "ADD", "id": "", "text": fact}]}
+
+
+async def test_turns_are_extracted_together_and_managed_in_order(runtime, tenant_a):
+    llm = runtime.llm = OverlapLLM(responder=fact_per_turn)
+    texts = [f"I visited city number {i}." for i in range(5)]
+    body = andrew_said(texts)
+    stored = await sessions.accept_turns(runtime, tenant_a.tenant_id, "w1", body)
+
+    result = await ingestion.process_job(runtime, stored.job_id)
+
+    assert llm.most_in_flight == 5  # one window: every turn's extraction at once
+    decided = [c.last_user for c in llm.calls if "operations" in json.dumps(c.json_schema)]
+    assert [prompt.split("<fact>")[1] for prompt in decided] == [said(t) + "</fact>" for t in texts]
+    assert [op["text"] for op in result.operations] == [said(t) for t in texts]
+    async with transaction(runtime.sessions) as db:
+        agents = (
+            await db.scalars(
+                select(Episode.agent)
+                .where(Episode.tenant_id == tenant_a.tenant_id)
+                .order_by(Episode.created_at)
+            )
+        ).all()
+    assert agents == ["extractor", "manager"] * 5  # logged in turn order
+
+
+async def test_a_failed_window_resumes_after_the_last_finished_turn(runtime, tenant_a, monkeypatch):
+    monkeypatch.setattr(runtime.settings.pipeline, "extract_concurrency", 2)
+    failing = {"I visited city number 2."}
+
+    def respond_or_fail(call: FakeCall):
+        if any(text in call.last_user for text in failing):
+            return Upstream("model server unreachable")
+        return fact_per_turn(call)
+
+    runtime.llm = FakeLLM(responder=respond_or_fail)
+    texts = [f"I visited city number {i}." for i in range(4)]
+    body = andrew_said(texts)
+    stored = await sessions.accept_turns(runtime, tenant_a.tenant_id, "w2", body)
+
+    with pytest.raises(Upstream):
+        await ingestion.process_job(runtime, stored.job_id)
+    job = await ingestion.get_job(runtime, tenant_a.tenant_id, stored.job_id)
+    assert job.status == "queued" and job.processed_turns == 2  # the first window is kept
+
+    failing.clear()
+    runtime.llm = llm = FakeLLM(responder=fact_per_turn)
+    result = await ingestion.process_job(runtime, stored.job_id)
+    assert result.status == "succeeded" and result.processed_turns == 4
+    assert len(llm.calls) == 4  # only turns 2 and 3: one extraction and one decision each
+    assert [op["text"] for op in result.operations] == [said(t) for t in texts]
