@@ -106,6 +106,14 @@ class GRPOJobConfig:
             "package); off means transformers generate, which also works on a CPU."
         },
     )
+    constrained: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample completions under the agent's JSON grammar, as serving decodes, so "
+            "every sample parses and rewards differ by content (transformers generate only; "
+            "set false with use_vllm)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Values arrive from JSON: strings for paths, lists for tuples, ints for floats. Normalise
@@ -121,6 +129,11 @@ class GRPOJobConfig:
         if self.reward not in REWARDS:
             raise ValueError(
                 f"reward must be 'em' (exact match) or 'f1' (token F1), got {self.reward!r}."
+            )
+        if self.constrained and self.use_vllm:
+            raise ValueError(
+                "constrained sampling runs on transformers generate; set constrained to false "
+                "to generate with vLLM."
             )
         if not 0.0 <= self.format_weight <= 1.0:
             raise ValueError(

@@ -6,6 +6,7 @@ Agent that turns its banks into rewards is the serving backend on the base model
 """
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -17,10 +18,16 @@ from typing import Any, cast
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import BatchEncoding, PreTrainedTokenizerBase, TrainerCallback
+from transformers import (
+    BatchEncoding,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
 from trl import GRPOConfig, GRPOTrainer
 
-from app.llm.inprocess import load_base_model
+from app.llm.inprocess import JsonGrammar, load_base_model
+from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
 from training.config import GRPOJobConfig
 from training.datasets import Retriever, load_encoder
 from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
@@ -33,10 +40,10 @@ Progress = Callable[[dict[str, Any]], None]
 ShouldStop = Callable[[], bool]
 
 # Serving decodes under the agent's JSON grammar, which forces these first characters (the
-# schemas fix the property order, xgrammar the separators). Training samples freely, so prompts
-# are rendered with them already in place: the adapter learns in the very token context
-# serving runs it in, and no sample is wasted on not starting the JSON.
+# schemas fix the property order, xgrammar the separators). Prompts are rendered with them
+# already in place, so the adapter learns in the very token context serving runs it in.
 RESPONSE_PREFIX = {"answer": '{"selected": [', "manager": '{"operations": ['}
+SCHEMA = {"answer": ANSWER_SCHEMA, "manager": MANAGER_SCHEMA}
 
 # TRL's log keys -> the names progress reports use.
 _REPORTED = {
@@ -194,6 +201,7 @@ def run_grpo(
             processing_class=tokenizer,
             callbacks=[reporter],
             peft_config=_lora(config),
+            rollout_func=constrained_rollout(config.agent) if config.constrained else None,
         )
         trainer.train()
     finally:
@@ -203,6 +211,51 @@ def run_grpo(
     tokenizer.save_pretrained(str(config.output_dir))
     metrics = _summary(reporter.history, len(rows), time.perf_counter() - started)
     return TrainResult(config.output_dir, metrics, reporter.history, reporter.stopped)
+
+
+def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[str, Any]]:
+    """A TRL rollout function that samples the policy under the agent's serving grammar.
+
+    Free samples of a small model are rarely valid JSON, so every group would score the same
+    format failure and GRPO would see no signal; under the grammar every sample parses and the
+    rewards differ by content. The samples' log-probabilities are then taken under the
+    unmasked policy, as TRL does for its own samples, which also teaches the format."""
+    schema = json.dumps(SCHEMA[agent])
+    prefix = RESPONSE_PREFIX[agent]
+    grammars: dict[int, JsonGrammar] = {}  # built on first use, per trainer
+
+    def rollout(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
+        tokenizer = cast(PreTrainedTokenizerBase, trainer.processing_class)
+        stop_ids = list(trainer.eos_token_ids)
+        grammar = grammars.get(id(trainer))
+        if grammar is None:
+            vocab = int(trainer.model.config.vocab_size)
+            grammar = grammars[id(trainer)] = JsonGrammar(tokenizer, vocab, stop_ids)
+        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        inputs = tokenizer.pad(
+            {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
+        ).to(trainer.accelerator.device)
+        model: Any = trainer.model
+        with torch.no_grad():
+            output = model.generate(
+                **inputs,
+                generation_config=trainer.generation_config,
+                logits_processor=LogitsProcessorList([grammar.mask(schema, len(prompts), prefix)]),
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": [_through_stop(tokens, stop_ids) for tokens in new_tokens],
+            "logprobs": None,  # TRL computes them from the policy
+        }
+
+    return rollout
+
+
+def _through_stop(tokens: list[int], stop_ids: list[int]) -> list[int]:
+    """``tokens`` up to and including the first stop token (generate() pads after it)."""
+    end = next((i for i, token in enumerate(tokens) if token in stop_ids), len(tokens) - 1)
+    return tokens[: end + 1]
 
 
 def _lora(config: GRPOJobConfig) -> LoraConfig:

@@ -103,11 +103,35 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-class _GrammarMask(LogitsProcessor):
+class JsonGrammar:
+    """Compiles JSON schemas into xgrammar grammars for one model's vocabulary, the way serving
+    constrains output. Compiled grammars are cached by schema text, so each is built once."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]):
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids
+        )
+        self.vocab_size = vocab_size
+        self._compiler = xgr.GrammarCompiler(info)
+
+    def mask(self, schema: str, batch_size: int, prefix: str = "") -> "GrammarMask":
+        """A fresh logits processor for one ``generate()`` call of ``batch_size`` rows, each
+        having already written ``prefix`` (text the prompt ends with, part of the JSON)."""
+        # Compact JSON only: with free whitespace a small model can spend its whole token
+        # budget on newlines without ever breaking the grammar.
+        grammar = self._compiler.compile_json_schema(schema, any_whitespace=False)
+        return GrammarMask(grammar, batch_size, self.vocab_size, prefix)
+
+
+class GrammarMask(LogitsProcessor):
     """Masks every token the JSON grammar does not allow next, one matcher per batch row."""
 
-    def __init__(self, grammar: xgr.CompiledGrammar, batch_size: int, vocab_size: int) -> None:
+    def __init__(
+        self, grammar: xgr.CompiledGrammar, batch_size: int, vocab_size: int, prefix: str = ""
+    ) -> None:
         self.matchers = [xgr.GrammarMatcher(grammar) for _ in range(batch_size)]
+        if prefix and not all(matcher.accept_string(prefix) for matcher in self.matchers):
+            raise ValueError(f"{prefix!r} is not a valid start of the schema's JSON")
         self.bitmask = xgr.allocate_token_bitmask(batch_size, vocab_size)
         self.prefilled = False
 
@@ -148,14 +172,10 @@ class InProcessBackend:
         self._peft: PeftModel | None = None  # wrapped on the first adapter load
         # Replaced, never mutated, so loaded_adapters() can read it from the event loop.
         self._adapter_paths: dict[str, Path] = {}
-        self._stop_ids = _stop_token_ids(self._base, self._tokenizer)
-        self._vocab_size = int(self._base.config.vocab_size)
-        tokenizer_info = xgr.TokenizerInfo.from_huggingface(
-            self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids
+        self._stop_ids = stop_token_ids(self._base, self._tokenizer)
+        self._grammar = JsonGrammar(
+            self._tokenizer, int(self._base.config.vocab_size), self._stop_ids
         )
-        # The compiler caches compiled grammars keyed by schema text, so each schema is
-        # compiled once per process.
-        self._compiler = xgr.GrammarCompiler(tokenizer_info)
         self._max_positions = int(self._base.config.max_position_embeddings)
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._closed = False
@@ -291,10 +311,7 @@ class InProcessBackend:
         )
         processors = LogitsProcessorList()
         if first.schema_key is not None:
-            # Compact JSON only: with free whitespace a small model can spend its whole token
-            # budget on newlines without ever breaking the grammar.
-            grammar = self._compiler.compile_json_schema(first.schema_key, any_whitespace=False)
-            processors.append(_GrammarMask(grammar, len(batch), self._vocab_size))
+            processors.append(self._grammar.mask(first.schema_key, len(batch)))
         # With adapters, the peft wrapper's generate() runs the wrapped model with LoRA layers.
         # Any: transformers only types generate() on concrete model classes.
         model: Any = self._peft if self._peft is not None else self._base
@@ -404,7 +421,8 @@ def _take_batchable(pending: deque[_Job | _Stop], head: _Generate, limit: int) -
     return taken
 
 
-def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end a reply: the model's generation config, else the tokenizer's EOS."""
     configured = model.generation_config.eos_token_id
     if configured is None:
         return [int(tokenizer.eos_token_id)]

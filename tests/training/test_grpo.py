@@ -9,15 +9,17 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.llm.inprocess import load_base_model
+from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
 from app.memory.schemas import as_views
 from training import grpo
 from training.config import GRPOJobConfig
 from training.datasets import answer_row
-from training.grpo import TrainResult, run_grpo, select_rows
+from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
 from training.rewards import RewardFunc, completion_text
 
 MAY = datetime(2023, 5, 8, tzinfo=UTC)
@@ -40,6 +42,8 @@ def tiny_rows() -> list[dict[str, Any]]:
     )
     return [answer_row(question, views, gold=gold, category=4) for _, _, question, gold in FACTS]
 
+
+MAX_TOKENS = {"answer": ANSWER_MAX_TOKENS, "manager": MANAGER_MAX_TOKENS}
 
 grpo_answer_reward = grpo.answer_reward  # the real one, before the test patches it
 
@@ -172,3 +176,42 @@ def test_rows_longer_than_max_prompt_length_are_skipped(base_dir: Path, tmp_path
     picked = select_rows(rows, roomy, tokenizer)
     assert len(picked) == 3 and all(row in rows for row in picked)
     assert select_rows(rows, roomy, tokenizer) == picked  # seeded, so repeatable
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("agent", ["answer", "manager"])
+def test_constrained_rollout_samples_only_replies_that_parse(agent: str, base_dir: Path) -> None:
+    """Free sampling of the base model rarely yields valid JSON; under the serving grammar
+    every sample is a complete reply in the agent's schema (the grammar, not the prompt,
+    guarantees it, so answer prompts serve for both agents)."""
+    model, tokenizer = load_base_model(base_dir)
+    eos = [int(tokenizer.eos_token_id)]
+    trainer: Any = type(
+        "TrainerView",
+        (),
+        {
+            "model": model,
+            "processing_class": tokenizer,
+            "eos_token_ids": eos,
+            "accelerator": type("Accelerator", (), {"device": torch.device("cpu")})(),
+            "generation_config": GenerationConfig(
+                max_new_tokens=MAX_TOKENS[agent],
+                do_sample=True,
+                temperature=1.0,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+        },
+    )()
+    rows = render_rows(tiny_rows()[:2], agent, tokenizer)
+    prompts = [row["prompt"] for row in rows for _ in range(2)]
+    torch.manual_seed(0)
+    output = constrained_rollout(agent)(prompts, trainer)
+    assert output["prompt_ids"] == [
+        tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts
+    ]
+    key = "selected" if agent == "answer" else "operations"
+    for completion in output["completion_ids"]:
+        assert completion[-1] == eos[0]
+        text = rows[0]["response_prefix"] + tokenizer.decode(completion, skip_special_tokens=True)
+        assert isinstance(json.loads(text)[key], list)
