@@ -1,4 +1,4 @@
-"""`memory-r1`: serve, worker, migrate, keys, eval."""
+"""`memory-r1`: serve, worker, migrate, keys, adapters, eval."""
 
 import argparse
 import asyncio
@@ -9,10 +9,12 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.adapters import service as adapters
 from app.core.config import Settings, get_settings
 from app.core.db import (
     EmbeddedPostgres,
@@ -22,7 +24,7 @@ from app.core.db import (
     upgrade_to_head,
 )
 from app.core.runtime import build_runtime
-from app.models import Scope
+from app.models import Agent, Scope
 from app.tenants import service as tenants
 
 log = logging.getLogger("memory_r1")
@@ -159,6 +161,26 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings) as resolved:
+        assert resolved.database_url
+
+        async def register(db: AsyncSession) -> tuple[uuid.UUID, str, str]:
+            adapter = await adapters.import_adapter(
+                db,
+                resolved,
+                tenant_id=uuid.UUID(args.tenant),
+                agent=args.agent,
+                source=args.path,
+                activate=args.activate,
+            )
+            return adapter.id, adapter.path, adapter.status
+
+        adapter_id, path, status = asyncio.run(_with_db(resolved.database_url, register))
+        print(f"adapter {adapter_id} ({args.agent}, {status}) at {path}")
+    return 0
+
+
 async def _eval_in_process(args: argparse.Namespace, settings: Settings) -> None:
     from app.main import create_app
     from training.eval.cli import run_from_args
@@ -171,6 +193,12 @@ async def _eval_in_process(args: argparse.Namespace, settings: Settings) -> None
                     db, tenant_id=None, name="eval", scopes=[Scope.memory], tenant_name="eval"
                 )
             args.api_key = issued.plaintext
+            print(
+                f"evaluating as new tenant {issued.tenant_id}; to reuse its memory banks in a "
+                f"later run, pass --api-key with a key from "
+                f"`memory-r1 keys create --tenant {issued.tenant_id}`",
+                flush=True,
+            )
         app = create_app(settings, runtime)
         app.state.runtime = runtime
         out = await run_from_args(args, app=app, llm=runtime.llm, embedder=runtime.embedder)
@@ -223,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     keys.set_defaults(func=cmd_keys)
+
+    imports = sub.add_parser("adapters", help="manage LoRA adapters")
+    imports_sub = imports.add_subparsers(dest="action", required=True)
+    import_ = imports_sub.add_parser(
+        "import", help="register an adapter trained elsewhere (copied into the adapters dir)"
+    )
+    import_.add_argument("path", type=Path, help="PEFT adapter directory")
+    import_.add_argument("--tenant", required=True, help="tenant id")
+    import_.add_argument("--agent", required=True, choices=[a.value for a in Agent])
+    import_.add_argument(
+        "--activate", action="store_true", help="make it the agent's active adapter"
+    )
+    imports.set_defaults(func=cmd_adapters)
 
     from training.eval.cli import add_arguments
 

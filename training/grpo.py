@@ -227,15 +227,15 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
     def rollout(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         tokenizer = cast(PreTrainedTokenizerBase, trainer.processing_class)
         stop_ids = list(trainer.eos_token_ids)
+        model: Any = trainer.model
         grammar = grammars.get(id(trainer))
         if grammar is None:
-            vocab = int(trainer.model.config.vocab_size)
+            vocab = int(model.config.vocab_size)
             grammar = grammars[id(trainer)] = JsonGrammar(tokenizer, vocab, stop_ids)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         inputs = tokenizer.pad(
             {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
         ).to(trainer.accelerator.device)
-        model: Any = trainer.model
         with torch.no_grad():
             output = model.generate(
                 **inputs,

@@ -1,6 +1,8 @@
 """The adapter registry. Postgres is the source of truth; what the serving backend has loaded
 is a cache that is filled on demand and reconciled on start."""
 
+import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import repository
 from app.adapters.schemas import AdapterRead
+from app.core.config import Settings
 from app.core.db import transaction
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.runtime import Runtime
-from app.models import Adapter, AdapterStatus
+from app.llm.backend import validate_adapter_dir
+from app.models import Adapter, AdapterStatus, Agent
+from app.tenants import repository as tenants
 
 
 async def ensure_loaded(runtime: Runtime, adapter: Adapter) -> str:
@@ -111,3 +116,43 @@ async def activate(runtime: Runtime, tenant_id: uuid.UUID, adapter_id: uuid.UUID
         await set_active(db, adapter)
     await ensure_loaded(runtime, adapter)
     return AdapterRead.model_validate(adapter, from_attributes=True)
+
+
+async def import_adapter(
+    db: AsyncSession,
+    settings: Settings,
+    *,
+    tenant_id: uuid.UUID,
+    agent: str,
+    source: Path,
+    activate: bool = False,
+) -> Adapter:
+    """Register a LoRA adapter trained elsewhere (another machine, ``bench/train_*.py``) for
+    one tenant's agent: checked as serving would check it, copied under the adapters
+    directory that every serving process reads, registered as a candidate and, with
+    ``activate``, made the agent's active adapter."""
+    if agent not in {a.value for a in Agent}:
+        raise Unprocessable(f"agent must be one of {[a.value for a in Agent]}, got {agent!r}")
+    if await tenants.get_tenant(db, tenant_id) is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    validate_adapter_dir(
+        source, base_model=settings.llm.model, max_lora_rank=settings.llm.max_lora_rank
+    )
+    name = f"{agent}-import-{uuid.uuid4().hex[:12]}"
+    target = settings.adapter_root / str(tenant_id) / name
+    shutil.copytree(source, target)
+    config = json.loads((target / "adapter_config.json").read_text())
+    adapter = await register_candidate(
+        db,
+        tenant_id=tenant_id,
+        agent=agent,
+        name=name,
+        base_model=settings.llm.model,
+        path=str(target),
+        rank=int(config["r"]),
+        validation_metrics=None,
+        training_job_id=None,
+    )
+    if activate:
+        await set_active(db, adapter)
+    return adapter

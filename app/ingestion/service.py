@@ -10,6 +10,7 @@ runs: read, release, call, write."""
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ async def _finish(
         await repository.finish(db, job_id, status, error)
 
 
-async def _extract_all(runtime: Runtime, ctx: _Context, turns: list[Turn]) -> list[Extraction]:
+async def _extract_all(runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -> list[Extraction]:
     """The extractions of ``turns``, computed concurrently (model calls only, no database). The
     first failure is raised as itself, and the other calls are cancelled."""
     max_facts = runtime.settings.pipeline.max_facts_per_turn

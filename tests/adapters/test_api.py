@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from app import cli
 from app.adapters import repository
 from app.adapters import service as adapters
+from app.core.config import get_settings
+from app.core.errors import AppError, NotFound
 from tests.conftest import make_tenant
 
 
@@ -137,3 +140,82 @@ async def test_make_tenant_helper_gives_distinct_tenants(runtime):
     a = await make_tenant(runtime, "x")
     b = await make_tenant(runtime, "y")
     assert a.tenant_id != b.tenant_id
+
+
+def trained_elsewhere(root: Path, base_model: str = "SmolLM2-135M-Instruct") -> Path:
+    path = root / "trained-elsewhere"
+    path.mkdir()
+    config = {"peft_type": "LORA", "r": 8, "base_model_name_or_path": f"/models/{base_model}"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    (path / "adapter_model.safetensors").write_bytes(b"weights")
+    return path
+
+
+class TestImport:
+    async def test_copies_registers_and_activates(self, client, runtime, tenant_a, tmp_path):
+        source = trained_elsewhere(tmp_path)
+        async with runtime.sessions() as db:
+            adapter = await adapters.import_adapter(
+                db,
+                runtime.settings,
+                tenant_id=tenant_a.tenant_id,
+                agent="answer",
+                source=source,
+                activate=True,
+            )
+            await db.commit()
+        copied = Path(adapter.path)
+        assert copied.parent == runtime.settings.adapter_root / str(tenant_a.tenant_id)
+        assert (copied / "adapter_model.safetensors").read_bytes() == b"weights"
+        listed = (await client.get("/admin/adapters", headers=tenant_a.admin)).json()
+        assert [(a["id"], a["status"], a["rank"]) for a in listed] == [
+            (str(adapter.id), "active", 8)
+        ]
+
+    @pytest.mark.parametrize(
+        ("agent", "base", "error"),
+        [
+            ("answer", "Qwen2.5-7B", "trained on"),
+            ("planner", "SmolLM2-135M-Instruct", "agent must be one of"),
+        ],
+    )
+    async def test_refuses_what_serving_would_refuse(
+        self, runtime, tenant_a, tmp_path, agent, base, error
+    ):
+        async with runtime.sessions() as db:
+            with pytest.raises(AppError, match=error):
+                await adapters.import_adapter(
+                    db,
+                    runtime.settings,
+                    tenant_id=tenant_a.tenant_id,
+                    agent=agent,
+                    source=trained_elsewhere(tmp_path, base),
+                )
+            assert await repository.list_adapters(db, tenant_a.tenant_id, None) == []
+        assert not (runtime.settings.adapter_root / str(tenant_a.tenant_id)).exists()
+
+    async def test_unknown_tenant(self, runtime, tmp_path):
+        async with runtime.sessions() as db:
+            with pytest.raises(NotFound):
+                await adapters.import_adapter(
+                    db,
+                    runtime.settings,
+                    tenant_id=uuid.uuid4(),
+                    agent="answer",
+                    source=trained_elsewhere(tmp_path),
+                )
+
+    def test_command_line(self, database_url, tmp_path, monkeypatch, capsys):
+        monkeypatch.setenv("MEMR1_DATABASE_URL", database_url)
+        monkeypatch.setenv("MEMR1_DATA_DIR", str(tmp_path / "data"))
+        get_settings.cache_clear()
+        try:
+            assert cli.main(["keys", "create", "--scopes", "admin"]) == 0
+            tenant = capsys.readouterr().out.split()[1]
+            source = trained_elsewhere(tmp_path)
+            argv = ["adapters", "import", str(source), "--tenant", tenant, "--agent", "manager"]
+            assert cli.main(argv) == 0
+        finally:
+            get_settings.cache_clear()
+        printed = capsys.readouterr().out
+        assert "(manager, candidate)" in printed and str(tmp_path / "data" / "adapters") in printed
