@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -112,7 +113,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     queues = args.queues.split(",")
     if INGEST_QUEUE in queues and settings.database_url:
-        resumed = resume_queued(settings.database_url)
+        stale_after = timedelta(seconds=settings.pipeline.ingest_stale_after_s)
+        resumed = resume_queued(settings.database_url, stale_after)
         if resumed:
             log.info("re-sent %d queued ingestion jobs", resumed)
     argv = ["worker", "-Q", ",".join(queues), "--pool", args.pool, "-l", settings.log_level]

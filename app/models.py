@@ -252,6 +252,9 @@ class IngestionJob(Base):
     result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
+    # Set on claim and after every processed turn: a running job whose heartbeat is old has
+    # lost its worker (see ``repository.requeue_stale``).
+    heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
 

@@ -84,6 +84,12 @@ class PipelineSettings(BaseModel):
     answer_top_k: int = Field(60, ge=1, le=60)
     ingest_max_attempts: int = Field(3, ge=1, le=20, description="Tries before a job fails.")
     ingest_retry_backoff_s: float = Field(5.0, ge=0)
+    ingest_stale_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="A running ingestion job without progress for this long has lost its "
+        "worker; a starting worker queues it again.",
+    )
 
 
 class Settings(BaseSettings):

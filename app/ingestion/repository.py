@@ -1,6 +1,6 @@
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -51,6 +51,7 @@ async def claim(session: AsyncSession, job_id: uuid.UUID) -> IngestionJob | None
             status=JobStatus.running,
             attempts=IngestionJob.attempts + 1,
             started_at=datetime.now(UTC),
+            heartbeat_at=datetime.now(UTC),
             error=None,
         )
         .returning(IngestionJob)
@@ -59,7 +60,9 @@ async def claim(session: AsyncSession, job_id: uuid.UUID) -> IngestionJob | None
 
 async def save_result(session: AsyncSession, job_id: uuid.UUID, result: dict[str, Any]) -> None:
     await session.execute(
-        update(IngestionJob).where(IngestionJob.id == job_id).values(result=result)
+        update(IngestionJob)
+        .where(IngestionJob.id == job_id)
+        .values(result=result, heartbeat_at=datetime.now(UTC))
     )
 
 
@@ -77,3 +80,16 @@ async def finish(
 async def queued_job_ids(session: AsyncSession) -> Sequence[uuid.UUID]:
     query = select(IngestionJob.id).where(IngestionJob.status == JobStatus.queued)
     return (await session.scalars(query.order_by(IngestionJob.created_at))).all()
+
+
+async def requeue_stale(session: AsyncSession, stale_after: timedelta) -> Sequence[uuid.UUID]:
+    """Running jobs without a heartbeat for ``stale_after`` lost their worker (killed, or its
+    machine went away): queue them again. They resume after their last recorded turn."""
+    cutoff = datetime.now(UTC) - stale_after
+    stale = await session.scalars(
+        update(IngestionJob)
+        .where(IngestionJob.status == JobStatus.running, IngestionJob.heartbeat_at < cutoff)
+        .values(status=JobStatus.queued, error="its worker stopped mid-run; queued again")
+        .returning(IngestionJob.id)
+    )
+    return stale.all()

@@ -4,18 +4,21 @@ against prompt injection, episode logging, and per-user serialisation under conc
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from app.core.db import transaction
 from app.core.errors import Upstream
+from app.ingestion import repository
 from app.ingestion import service as ingestion
-from app.models import Episode, Memory, MemoryEvent
+from app.models import Episode, IngestionJob, Memory, MemoryEvent
 from app.sessions import service as sessions
 from app.sessions.schemas import TurnsCreate
 from tests.conftest import make_tenant
 from tests.fixtures.fake_llm import FakeCall, FakeLLM
+from workers.tasks import ingest as ingest_task
 
 BUDDY = {
     "speaker": "Andrew",
@@ -277,3 +280,36 @@ async def test_a_failed_window_resumes_after_the_last_finished_turn(runtime, ten
     assert result.status == "succeeded" and result.processed_turns == 4
     assert len(llm.calls) == 4  # only turns 2 and 3: one extraction and one decision each
     assert [op["text"] for op in result.operations] == [said(t) for t in texts]
+
+
+async def test_a_job_whose_worker_died_is_queued_again_and_resumes(
+    committed_runtime, database_url, monkeypatch
+):
+    runtime = committed_runtime
+    tenant = await make_tenant(runtime, f"stale-{uuid.uuid4().hex[:6]}")
+    texts = ["I visited city number 0.", "I visited city number 1."]
+    runtime.llm = FakeLLM(responder=fact_per_turn)
+    stored = await sessions.accept_turns(runtime, tenant.tenant_id, "d1", andrew_said(texts))
+    async with transaction(runtime.sessions) as db:
+        # A worker claimed the job, processed turn 0, then was killed 20 minutes ago.
+        await repository.claim(db, stored.job_id)
+        await repository.save_result(db, stored.job_id, {"processed_turns": 1, "operations": []})
+        await db.execute(
+            update(IngestionJob)
+            .where(IngestionJob.id == stored.job_id)
+            .values(heartbeat_at=func.now() - timedelta(minutes=20))
+        )
+    lively = await sessions.accept_turns(runtime, tenant.tenant_id, "d2", andrew_said(texts[:1]))
+    async with transaction(runtime.sessions) as db:
+        await repository.claim(db, lively.job_id)  # running, heartbeat just now
+
+    sent: list[uuid.UUID] = []
+    monkeypatch.setattr(ingest_task, "enqueue_ingestion", sent.append)
+    await asyncio.to_thread(ingest_task.resume_queued, database_url, timedelta(minutes=10))
+
+    assert stored.job_id in sent and lively.job_id not in sent
+    job = await ingestion.get_job(runtime, tenant.tenant_id, stored.job_id)
+    assert job.status == "queued" and "worker stopped" in (job.error or "")
+    result = await ingestion.process_job(runtime, stored.job_id)
+    assert result.status == "succeeded" and result.attempts == 2
+    assert [op["text"] for op in result.operations] == [said(texts[1])]  # turn 0 not redone

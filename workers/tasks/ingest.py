@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 
 from celery import Task, shared_task
 
@@ -40,15 +41,19 @@ def ingest(self: Task, job_id: str) -> None:
         raise self.retry(countdown=delay)
 
 
-def resume_queued(database_url: str) -> int:
+def resume_queued(database_url: str, stale_after: timedelta) -> int:
     """Send again every queued job (its message may never have reached the broker, or been
-    lost). Called by `memory-r1 worker` before it starts consuming; a job that is also still
-    in the queue is claimed only once."""
+    lost), after queueing again the running jobs that lost their worker. Called by
+    `memory-r1 worker` before it starts consuming; a job that is also still in the queue is
+    claimed only once."""
 
     async def queued() -> list[uuid.UUID]:
         engine = create_engine(database_url, pool_size=1)
         try:
             async with transaction(session_factory(engine)) as db:
+                stale = await repository.requeue_stale(db, stale_after)
+                if stale:
+                    log.warning("queued again %d ingestion jobs that lost their worker", len(stale))
                 return list(await repository.queued_job_ids(db))
         finally:
             await engine.dispose()
