@@ -74,6 +74,13 @@ class LimitSettings(BaseModel):
 class PipelineSettings(BaseModel):
     manager_candidates: int = Field(5, ge=1, le=50, description="Similar memories shown per fact.")
     max_facts_per_turn: int = Field(5, ge=1, le=20)
+    noop_min_similarity: float = Field(
+        0.85,
+        ge=0,
+        le=1,
+        description="A Manager NOOP says the fact is already stored; with no candidate at "
+        "least this similar (cosine) the fact is added instead. 0 trusts every NOOP.",
+    )
     extract_concurrency: int = Field(
         8,
         ge=1,

@@ -25,7 +25,7 @@ from app.ingestion.schemas import IngestionRead
 from app.memories import repository as memories
 from app.memories import service as memories_service
 from app.memory.extractor import Extraction, extract_facts
-from app.memory.manager import decide
+from app.memory.manager import check_noop, decide
 from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
 from app.memory.schemas import Fact, OpKind, as_views
 from app.models import Agent, IngestionJob, JobStatus, Turn
@@ -155,6 +155,8 @@ async def _manage_fact(
     seen = {memory.id: memory.version for memory, _ in hits}
     candidates = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
     decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
+    nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
+    decision = check_noop(decision, fact, nearest, runtime.settings.pipeline.noop_min_similarity)
     texts = [op.text for op in decision.operations if op.kind != OpKind.DELETE and op.text]
     embeddings = dict(zip(texts, await runtime.embedder.embed(texts), strict=True))
     async with transaction(runtime.sessions) as db:

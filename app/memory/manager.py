@@ -175,6 +175,31 @@ async def decide(
     return Decision(operations, rejected, completion=completion, error=None)
 
 
+def check_noop(
+    decision: Decision, fact: Fact, nearest_similarity: float | None, min_similarity: float
+) -> Decision:
+    """A usable decision that changes nothing claims the fact is already stored. When no shown
+    memory is at least ``min_similarity`` (cosine) close to the fact, the claim is false: the
+    fact is added as it is, and the overruled NOOP is recorded among the rejections.
+    ``min_similarity`` 0 trusts the model's NOOPs."""
+    if decision.error is not None or decision.operations or decision.rejected:
+        return decision
+    if min_similarity <= 0:
+        return decision
+    if nearest_similarity is not None and nearest_similarity >= min_similarity:
+        return decision
+    closest = (
+        "no memory is stored"
+        if nearest_similarity is None
+        else (f"the closest memory has similarity {nearest_similarity:.2f} < {min_similarity:.2f}")
+    )
+    overruled = RejectedOperation(
+        raw={"op": "NOOP"}, reason=f"NOOP, but {closest}: the fact is added as it is"
+    )
+    add = Operation(kind=OpKind.ADD, memory_id=None, text=fact.text)
+    return replace(decision, operations=[add], rejected=[overruled])
+
+
 def apply_to_bank(
     bank: list[MemoryView],
     operations: list[Operation],

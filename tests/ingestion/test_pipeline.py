@@ -313,3 +313,33 @@ async def test_a_job_whose_worker_died_is_queued_again_and_resumes(
     result = await ingestion.process_job(runtime, stored.job_id)
     assert result.status == "succeeded" and result.attempts == 2
     assert [op["text"] for op in result.operations] == [said(texts[1])]  # turn 0 not redone
+
+
+async def test_a_noop_with_nothing_similar_stored_adds_the_fact(
+    client, runtime, fake_llm, tenant_a
+):
+    fake_llm.push(
+        {"facts": ["On 8 May 2023, Andrew adopted a dog named Buddy."]},
+        {"operations": [{"op": "NOOP", "id": "", "text": ""}]},  # "already stored": it is not
+    )
+    result = await post(client, tenant_a.memory, "s3", [BUDDY])
+    assert [(op["op"], op["text"]) for op in result["operations"]] == [
+        ("ADD", "On 8 May 2023, Andrew adopted a dog named Buddy.")
+    ]
+    async with transaction(runtime.sessions) as db:
+        episode = await db.scalar(
+            select(Episode).where(
+                Episode.tenant_id == tenant_a.tenant_id, Episode.agent == "manager"
+            )
+        )
+    assert episode.raw_output == '{"operations": [{"op": "NOOP", "id": "", "text": ""}]}'
+    [overruled] = episode.parsed["rejected"]
+    assert "no memory is stored" in overruled["reason"]
+
+    fake_llm.push(
+        {"facts": ["On 8 May 2023, Andrew adopted a dog called Buddy."]},
+        {"operations": [{"op": "NOOP", "id": "", "text": ""}]},  # true this time
+    )
+    again = await post(client, tenant_a.memory, "s3", [BUDDY])
+    assert again["operations"] == []
+    assert len(await memories(client, tenant_a.memory)) == 1

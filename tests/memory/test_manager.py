@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from app.core.errors import BadUpstreamResponse, Upstream
-from app.memory.manager import apply_to_bank, decide, validate_operations
+from app.memory.manager import (
+    Decision,
+    apply_to_bank,
+    check_noop,
+    decide,
+    validate_operations,
+)
 from app.memory.prompts import MANAGER_SCHEMA
 from app.memory.schemas import Fact, MemoryView, Operation, OpKind, as_views
 from tests.fixtures.fake_llm import FakeLLM, Reply
@@ -304,3 +310,45 @@ class TestApplyToBank:
     def test_naming_a_memory_outside_the_bank_is_a_bug(self) -> None:
         with pytest.raises(ValueError, match="not in the bank"):
             apply_to_bank(bank("a"), [Operation(OpKind.DELETE, uuid.uuid4(), None)])
+
+
+class TestCheckNoop:
+    """A NOOP claims the fact is stored; the claim is checked against the nearest candidate."""
+
+    FACT = Fact("On 3 June 2023, Andrew started a pottery class.", "Andrew", JUNE_3)
+
+    async def decision(self, *ops: dict[str, Any]) -> Decision:
+        return await decide(FakeLLM([output(*ops)]), self.FACT, bank("Andrew lives in Boston."))
+
+    @pytest.mark.parametrize("ops", [(op("NOOP"),), ()])
+    @pytest.mark.parametrize("nearest", [None, 0.31])
+    async def test_unsupported_noop_adds_the_fact(self, ops, nearest) -> None:
+        checked = check_noop(await self.decision(*ops), self.FACT, nearest, 0.85)
+        assert checked.operations == [Operation(OpKind.ADD, None, self.FACT.text)]
+        [overruled] = checked.rejected
+        assert overruled.raw == {"op": "NOOP"} and "the fact is added" in overruled.reason
+        assert ("no memory is stored" if nearest is None else "0.31 < 0.85") in overruled.reason
+
+    async def test_noop_next_to_a_near_duplicate_stands(self) -> None:
+        decision = await self.decision(op("NOOP"))
+        assert check_noop(decision, self.FACT, 0.93, 0.85) == decision
+
+    async def test_zero_threshold_trusts_the_model(self) -> None:
+        decision = await self.decision(op("NOOP"))
+        assert check_noop(decision, self.FACT, None, 0.0) == decision
+
+    @pytest.mark.parametrize(
+        "ops",
+        [
+            (op("ADD", text="Andrew started a pottery class."),),
+            (op("DELETE", "m9"),),  # rejected: the model did decide something, just wrongly
+        ],
+    )
+    async def test_other_decisions_are_left_alone(self, ops) -> None:
+        decision = await self.decision(*ops)
+        assert check_noop(decision, self.FACT, None, 0.85) == decision
+
+    async def test_unusable_output_is_left_alone(self) -> None:
+        llm = FakeLLM(["not json"])
+        decision = await decide(llm, self.FACT, [])
+        assert decision.error and check_noop(decision, self.FACT, None, 0.85) == decision
