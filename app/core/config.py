@@ -73,7 +73,9 @@ class LimitSettings(BaseModel):
 
 class PipelineSettings(BaseModel):
     manager_candidates: int = Field(5, ge=1, le=50, description="Similar memories shown per fact.")
-    max_facts_per_turn: int = Field(5, ge=1, le=20)
+    max_facts_per_turn: int = Field(
+        3, ge=1, le=20, description="Most facts extracted from one turn."
+    )
     noop_min_similarity: float = Field(
         0.85,
         ge=0,

@@ -26,7 +26,9 @@ MANAGER_MAX_OPERATIONS = 3
 MANAGER_TEXT_MAX_CHARS = 240
 ANSWER_MAX_SELECTED = 5
 ANSWER_MAX_CHARS = 100
-DEFAULT_MAX_FACTS = 5
+# A chat turn rarely holds more than three facts worth keeping, and a small model that runs out
+# of facts tends to repeat the last one until the cap: the cap bounds that waste.
+DEFAULT_MAX_FACTS = 3
 
 # Keys are m1..m99: shown sets hold at most 60 memories. The empty string is how an ADD or a
 # NOOP says "no id" while the grammar stays a single flat object shape.
