@@ -222,16 +222,15 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
     unmasked policy, as TRL does for its own samples, which also teaches the format."""
     schema = json.dumps(SCHEMA[agent])
     prefix = RESPONSE_PREFIX[agent]
-    grammars: dict[int, JsonGrammar] = {}  # built on first use, per trainer
+    grammar: JsonGrammar | None = None  # built on the first call, for the trainer's tokenizer
 
     def rollout(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
+        nonlocal grammar
         tokenizer = cast(PreTrainedTokenizerBase, trainer.processing_class)
         stop_ids = list(trainer.eos_token_ids)
         model: Any = trainer.model
-        grammar = grammars.get(id(trainer))
         if grammar is None:
-            vocab = int(model.config.vocab_size)
-            grammar = grammars[id(trainer)] = JsonGrammar(tokenizer, vocab, stop_ids)
+            grammar = JsonGrammar(tokenizer, int(model.config.vocab_size), stop_ids)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         inputs = tokenizer.pad(
             {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"

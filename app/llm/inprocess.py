@@ -107,7 +107,9 @@ class JsonGrammar:
     """Compiles JSON schemas into xgrammar grammars for one model's vocabulary, the way serving
     constrains output. Compiled grammars are cached by schema text, so each is built once."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]
+    ) -> None:
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids
         )
