@@ -4,6 +4,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from app.core.errors import BadUpstreamResponse, Unprocessable
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.llm.factory import build_backend
 from app.llm.inprocess import InProcessBackend, load_base_model
+from app.memory.prompts import manager_messages
+from app.memory.schemas import Fact, as_views
 
 # A Manager-style schema: an enum and an array of objects. Strings, integers and the array are
 # bounded, so the longest valid document fits in MAX_TOKENS and generation always finishes.
@@ -260,3 +263,49 @@ class TestEnsureBundledModel:
 
         assert len(calls) == 1
         assert len(set(results)) == 1 and (results[0] / "config.json").is_file()
+
+
+def manager_prompts() -> list[list[dict[str, str]]]:
+    """Real Manager prompts: long shared instructions and examples, then each fact's own part."""
+    candidates = as_views([(uuid.uuid4(), "Jon lives in Boston.", "Jon", None)])
+    facts = ["Jon lost his job.", "Jon opened a dance studio downtown last week.", "Jon likes tea."]
+    return [manager_messages(Fact(text, "Jon", None), candidates) for text in facts]
+
+
+@pytest.mark.model
+class TestSharedPrefixCache:
+    @pytest.fixture(scope="class")
+    async def uncached(self, bundled_model_dir: Path) -> AsyncIterator[InProcessBackend]:
+        backend = InProcessBackend(
+            bundled_model_dir,
+            BUNDLED_MODEL_NAME,
+            max_batch_size=4,
+            max_lora_rank=16,
+            prefix_cache_entries=0,
+        )
+        yield backend
+        await backend.close()
+
+    async def ask(self, backend: InProcessBackend, adapter: str | None = None) -> list[str]:
+        replies = await asyncio.gather(
+            *(
+                backend.complete(p, json_schema=OPS_SCHEMA, adapter=adapter, max_tokens=MAX_TOKENS)
+                for p in manager_prompts()
+            )
+        )
+        return [r.text for r in replies]
+
+    async def test_cached_batches_give_the_same_replies(
+        self, backend: InProcessBackend, uncached: InProcessBackend, random_lora_dir: Path
+    ) -> None:
+        expected = await self.ask(uncached)
+        assert await self.ask(backend) == expected  # computes the shared start
+        assert await self.ask(backend) == expected  # reuses it, batched with padding inside
+        for each in (backend, uncached):
+            await each.load_adapter("prefix", str(random_lora_dir))
+        tuned = await self.ask(uncached, "prefix")
+        assert tuned != expected
+        assert await self.ask(backend, "prefix") == tuned  # the cache is per adapter
+        for each in (backend, uncached):
+            await each.unload_adapter("prefix")
+        assert await self.ask(backend) == expected
