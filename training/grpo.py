@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +193,20 @@ def run_grpo(
     reporter = _Reporter(progress, should_stop)
     reward, close = _reward(config, retriever)
     try:
-        trainer = GRPOTrainer(
-            model=model,
-            # TRL types rewards as returning list[float | None]; list is invariant.
-            reward_funcs=[reward],  # type: ignore[list-item]
-            args=trl_config(config),
-            train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
-            processing_class=tokenizer,
-            callbacks=[reporter],
-            peft_config=_lora(config),
-            rollout_func=constrained_rollout(config.agent) if config.constrained else None,
-        )
+        with warnings.catch_warnings():
+            # rollout_func is marked experimental; constrained_rollout depends on it knowingly.
+            warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+            trainer = GRPOTrainer(
+                model=model,
+                # TRL types rewards as returning list[float | None]; list is invariant.
+                reward_funcs=[reward],  # type: ignore[list-item]
+                args=trl_config(config),
+                train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
+                processing_class=tokenizer,
+                callbacks=[reporter],
+                peft_config=_lora(config),
+                rollout_func=constrained_rollout(config.agent) if config.constrained else None,
+            )
         trainer.train()
     finally:
         close()
