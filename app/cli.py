@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     keys.set_defaults(func=cmd_keys)
 
-    imports = sub.add_parser("adapters", help="manage LoRA adapters")
-    imports_sub = imports.add_subparsers(dest="action", required=True)
-    import_ = imports_sub.add_parser(
+    adapter_cmd = sub.add_parser("adapters", help="manage LoRA adapters")
+    adapter_sub = adapter_cmd.add_subparsers(dest="action", required=True)
+    import_ = adapter_sub.add_parser(
         "import", help="register an adapter trained elsewhere (copied into the adapters dir)"
     )
     import_.add_argument("path", type=Path, help="PEFT adapter directory")
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument(
         "--activate", action="store_true", help="make it the agent's active adapter"
     )
-    imports.set_defaults(func=cmd_adapters)
+    adapter_cmd.set_defaults(func=cmd_adapters)
 
     from training.eval.cli import add_arguments
 
