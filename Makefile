@@ -30,7 +30,7 @@ lint: setup
 	$(BIN)/ruff format --check app workers training tests bench migrations
 
 bench-retrieval: setup
-	$(BIN)/python bench/retrieval.py
+	$(BIN)/python -m bench.retrieval
 
 bench-api: setup
-	$(BIN)/python bench/api.py
+	$(BIN)/python -m bench.api

@@ -6,7 +6,7 @@ time in the worker's processing time (non-model overhead), and /ask latency p50/
 non-model overhead. Targets on a 2-core machine: the conversation in <= 10 minutes, non-model
 overhead <= 10 %.
 
-    .venv/bin/python bench/ingest.py [--sessions N] [--questions N]
+    python -m bench.ingest [--sessions N] [--questions N]
 """
 
 import argparse
