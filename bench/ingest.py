@@ -113,11 +113,17 @@ async def ingestion_figures(
                 select(
                     Episode.agent,
                     func.count(),
-                    func.sum(Episode.latency_ms),
                     func.sum(Episode.prompt_tokens + Episode.completion_tokens),
                 )
                 .where(Episode.tenant_id == tenant_id, Episode.agent != "answer")
                 .group_by(Episode.agent)
+            )
+        ).all()
+        calls = (
+            await db.execute(
+                select(Episode.created_at, Episode.latency_ms).where(
+                    Episode.tenant_id == tenant_id, Episode.agent != "answer"
+                )
             )
         ).all()
         ops = Counter(
@@ -141,7 +147,9 @@ async def ingestion_figures(
         for j in jobs
         if j.finished_at and j.started_at
     )
-    model_s = sum(float(latency or 0) for _, _, latency, _ in episodes) / 1000
+    model_s = busy_seconds(
+        [(at.timestamp() - (latency or 0) / 1000, at.timestamp()) for at, latency in calls]
+    )
     tokens = sum(int(t or 0) for *_, t in episodes)
     return {
         "turns": turns,
@@ -151,10 +159,21 @@ async def ingestion_figures(
         "model_s": round(model_s, 1),
         "non_model_overhead": round(1 - model_s / processing_s, 4) if processing_s else None,
         "model_tokens_per_turn": round(tokens / turns, 1),
-        "model_calls": {agent: count for agent, count, _, _ in episodes},
+        "model_calls": {agent: count for agent, count, _ in episodes},
         "operations": dict(ops),
         "live_memories": live,
     }
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """How long at least one of the (start, end) intervals was running. Calls overlap (a
+    window's extractions run together), so their latencies must not simply be added."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
 
 
 async def ask_figures(

@@ -75,6 +75,7 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
             extractions = await _extract_all(runtime, context, batch)
             for turn, extraction in zip(batch, extractions, strict=True):
                 await _log_extraction(runtime, context, turn, extraction)
+            for turn, extraction in zip(batch, extractions, strict=True):
                 for fact in extraction.facts:
                     result["operations"] += await _manage_fact(runtime, context, turn, fact)
                 result["processed_turns"] += 1
