@@ -27,7 +27,11 @@ from tests.fixtures.fake_llm import FakeLLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared benchmark data lives next to the repository (../shared/data); a checkout elsewhere
+# points MEMR1_SHARED_DATA at it.
+SHARED_DATA = Path(
+    os.environ.get("MEMR1_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ import uuid
 import zlib
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from datasets import Dataset
 
 from app.memory.prompts import answer_messages, manager_messages
 from app.memory.schemas import Fact, MemoryView
+from tests.conftest import SHARED_DATA
 from training.datasets import (
     Retriever,
     answer_rows_from_locomo,
@@ -25,7 +25,7 @@ from training.datasets import (
 )
 from training.eval.loaders import load_locomo
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "locomo"
+DATA = SHARED_DATA / "locomo"
 TRAIN = DATA / "locomo_train_conv26.json"
 VAL = DATA / "locomo_val_conv30.json"
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from tests.training.eval.test_targets import BagOfWordsEmbedder, ScriptedLLM
 from training.eval.cli import EvalUsageError, add_arguments, run_from_args
 from training.eval.loaders import DEFAULT_CATEGORIES
 from training.eval.targets import ServiceRejected
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-CONV26 = DATA / "locomo" / "locomo_train_conv26.json"
-CONV30 = DATA / "locomo" / "locomo_val_conv30.json"
+CONV26 = SHARED_DATA / "locomo" / "locomo_train_conv26.json"
+CONV30 = SHARED_DATA / "locomo" / "locomo_val_conv30.json"
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

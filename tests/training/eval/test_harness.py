@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import SHARED_DATA
 from training.eval.harness import (
     ERRORS_FILE,
     QUESTIONS_FILE,
@@ -19,8 +20,7 @@ from training.eval.judge import LLMJudge
 from training.eval.loaders import ADVERSARIAL_GOLD, DEFAULT_CATEGORIES, Conversation, load_locomo
 from training.eval.targets import PrepareReport, ShownMemory, TargetAnswer, TargetError
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-CONV30 = DATA / "locomo" / "locomo_val_conv30.json"
+CONV30 = SHARED_DATA / "locomo" / "locomo_val_conv30.json"
 
 
 class Stop(Exception):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from training.eval.loaders import (
     ADVERSARIAL_GOLD,
     DEFAULT_CATEGORIES,
@@ -16,10 +17,9 @@ from training.eval.loaders import (
     parse_locomo_date,
 )
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-CONV26 = DATA / "locomo" / "locomo_train_conv26.json"
-CONV30 = DATA / "locomo" / "locomo_val_conv30.json"
-MSC = DATA / "msc" / "msc_dialogue_session_2_valid.jsonl"
+CONV26 = SHARED_DATA / "locomo" / "locomo_train_conv26.json"
+CONV30 = SHARED_DATA / "locomo" / "locomo_val_conv30.json"
+MSC = SHARED_DATA / "msc" / "msc_dialogue_session_2_valid.jsonl"
 
 
 def test_parse_locomo_date() -> None:

@@ -4,7 +4,6 @@ two baselines with a scripted model and a bag-of-words embedder."""
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ import pytest
 
 from app.core.errors import Upstream
 from app.llm.backend import Completion
+from tests.conftest import SHARED_DATA
 from training.eval.loaders import Conversation, Session, Turn, load_locomo
 from training.eval.targets import (
     FullContextTarget,
@@ -22,8 +22,7 @@ from training.eval.targets import (
     service_client,
 )
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-CONV30 = DATA / "locomo" / "locomo_val_conv30.json"
+CONV30 = SHARED_DATA / "locomo" / "locomo_val_conv30.json"
 _MEMORY_LINE = re.compile(r"^m\d+ ", re.MULTILINE)
 
 
