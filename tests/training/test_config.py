@@ -20,6 +20,7 @@ class TestDefaults:
         assert isinstance(config.base_model_dir, Path)
         assert config.num_generations >= 2
         assert config.use_vllm is False
+        assert config.constrained is True
 
     def test_every_field_has_help(self) -> None:
         for f in fields(GRPOJobConfig):
@@ -71,6 +72,7 @@ class TestFromParams:
     [
         ({"agent": "extractor"}, "agent must be one of"),
         ({"reward": "judge"}, "reward must be 'em'"),
+        ({"use_vllm": True}, "constrained sampling runs on transformers generate"),
         ({"format_weight": 1.5}, r"format_weight must be in \[0, 1\]"),
         ({"lora_r": 0}, "lora_r must be between 1 and 256"),
         ({"lora_alpha": 0}, "lora_alpha must be > 0"),
