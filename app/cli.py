@@ -25,7 +25,7 @@ from app.core.db import (
     upgrade_to_head,
 )
 from app.core.runtime import build_runtime
-from app.models import Agent, Scope
+from app.models import Adapter, Agent, Scope
 from app.tenants import service as tenants
 
 log = logging.getLogger("memory_r1")
@@ -167,8 +167,8 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as resolved:
         assert resolved.database_url
 
-        async def register(db: AsyncSession) -> tuple[uuid.UUID, str, str]:
-            adapter = await adapters.import_adapter(
+        async def register(db: AsyncSession) -> Adapter:
+            return await adapters.import_adapter(
                 db,
                 resolved,
                 tenant_id=uuid.UUID(args.tenant),
@@ -176,10 +176,9 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
                 source=args.path,
                 activate=args.activate,
             )
-            return adapter.id, adapter.path, adapter.status
 
-        adapter_id, path, status = asyncio.run(_with_db(resolved.database_url, register))
-        print(f"adapter {adapter_id} ({args.agent}, {status}) at {path}")
+        adapter = asyncio.run(_with_db(resolved.database_url, register))
+        print(f"adapter {adapter.id} ({adapter.agent}, {adapter.status}) at {adapter.path}")
     return 0
 
 

@@ -188,11 +188,11 @@ def check_noop(
         return decision
     if nearest_similarity is not None and nearest_similarity >= min_similarity:
         return decision
-    closest = (
-        "no memory is stored"
-        if nearest_similarity is None
-        else (f"the closest memory has similarity {nearest_similarity:.2f} < {min_similarity:.2f}")
-    )
+    if nearest_similarity is None:
+        closest = "no memory is stored"
+    else:
+        similarity = f"{nearest_similarity:.2f} < {min_similarity:.2f}"
+        closest = f"the closest memory has similarity {similarity}"
     overruled = RejectedOperation(
         raw={"op": "NOOP"}, reason=f"NOOP, but {closest}: the fact is added as it is"
     )
