@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,7 +197,7 @@ def memory_rows(
         vectors = rng.standard_normal((chunk.size, EMBEDDING_DIM), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         days = rng.integers(0, 700, chunk.size)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for owner, vector, day in zip(chunk.tolist(), vectors, days.tolist(), strict=True):
             user = users[owner]
             speaker = speakers[owner][0 if text_rng.random() < 0.6 else 1]
@@ -679,7 +679,7 @@ async def compare_deferred(
     engine = create_engine(url, pool_size=2)
     sessions = session_factory(engine)
     timings: dict[str, list[float]] = {"service search": [], "search, embedding deferred": []}
-    functions = {
+    functions: dict[str, Callable[..., Awaitable[Any]]] = {
         "service search": repository.search,
         "search, embedding deferred": search_without_embedding,
     }

@@ -11,7 +11,9 @@ Requests usually share a long start: an agent's instructions and worked examples
 before the last message). Its key/value cache is computed once per adapter and kept (a few
 prefixes, least recently used out); a batch whose rows share it runs only the rest of each
 prompt, padded between the shared start and each row's own part. On a CPU, where the prompt
-pass dominates, this roughly halves the Manager's and the extractor's calls.
+pass dominates, this roughly halves the Manager's and the extractor's calls. The cache of the
+last long prompt run alone is kept as well: a request that repeats most of it (another question
+about the same long document) reuses the part they have in common.
 
 JSON output is enforced token by token with an xgrammar matcher per row, so a finished
 completion always parses. The one way to get unparseable output is running out of
@@ -24,6 +26,7 @@ import asyncio
 import copy
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -56,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 # Shorter shared starts are not worth a cache entry.
 _MIN_SHARED_TOKENS = 32
+# A prompt whose own part is at least this long is kept whole after it runs alone.
+_LONG_PROMPT_TOKENS = 1024
 
 
 def load_base_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -171,28 +176,62 @@ class _RowOutput:
 
 
 class _PrefixCache:
-    """Key/value caches of shared prompt starts, by adapter name and tokens, least recently
-    used out. Cleared when an adapter is unloaded or replaced: its name no longer means the
-    weights that computed the cache."""
+    """Key/value caches of prompt starts, by adapter name and tokens.
+
+    Two kinds: shared starts (a few, least recently used out), and the whole of the last long
+    prompt run alone, of which a later prompt may repeat any leading part. Cleared when an
+    adapter is unloaded or replaced: its name no longer means the weights that computed them."""
 
     def __init__(self, entries: int) -> None:
         self._entries = entries
         self._caches: OrderedDict[tuple[str | None, tuple[int, ...]], DynamicCache] = OrderedDict()
+        self._long: tuple[str | None, tuple[int, ...], DynamicCache] | None = None
+
+    def longest(self, adapter: str | None, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` are cached for ``adapter``: a whole shared
+        start, or any leading part of the long prompt."""
+        held = [
+            len(tokens)
+            for name, tokens in self._caches
+            if name == adapter and tuple(prompt[: len(tokens)]) == tokens
+        ]
+        if self._long is not None and self._long[0] == adapter:
+            held.append(len(os.path.commonprefix([list(self._long[1]), prompt])))
+        return max(held, default=0)
 
     def get(self, adapter: str | None, prefix: tuple[int, ...], model: Any) -> DynamicCache:
-        """A private copy of the cache of ``prefix``, computed with ``model`` if missing."""
+        """A private copy of the cache of ``prefix``: a shared start's, a leading part of the
+        long prompt's, or else computed with ``model`` and kept as a shared start."""
         key = (adapter, prefix)
         cache = self._caches.get(key)
-        if cache is None:
-            cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-            self._caches[key] = cache
-            while len(self._caches) > self._entries:
-                self._caches.popitem(last=False)
-        self._caches.move_to_end(key)
-        return copy.deepcopy(cache)  # generate() appends to the cache it is given
+        if cache is not None:
+            self._caches.move_to_end(key)
+            return copy.deepcopy(cache)  # generate() appends to the cache it is given
+        if self._long is not None:
+            name, tokens, long = self._long
+            if name == adapter and tokens[: len(prefix)] == prefix:
+                cache = copy.deepcopy(long)
+                _truncate(cache, len(prefix))
+                return cache
+        cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        self._caches[key] = cache
+        while len(self._caches) > self._entries:
+            self._caches.popitem(last=False)
+        return copy.deepcopy(cache)
+
+    def keep_long(self, adapter: str | None, prompt: list[int], cache: DynamicCache) -> None:
+        """Keep ``cache`` (a generation's, prompt first) as the cache of ``prompt``."""
+        _truncate(cache, len(prompt))
+        self._long = (adapter, tuple(prompt), cache)
 
     def clear(self) -> None:
         self._caches.clear()
+        self._long = None
+
+
+def _truncate(cache: DynamicCache, length: int) -> None:
+    """Keep the first ``length`` positions of ``cache`` (crop() takes how many to drop)."""
+    cache.crop(length - cache.get_seq_length())
 
 
 class InProcessBackend:
@@ -357,14 +396,19 @@ class InProcessBackend:
         return ids
 
     def _shared_prefix(self, batch: list[_Generate]) -> tuple[int, ...] | None:
-        """The prompt start every row of the batch shares, when it is worth caching."""
+        """The longest prompt start every row of the batch shares that is cached or worth
+        caching: what a cache entry already holds, else the messages before the last one."""
         first = batch[0]
-        if self._prefixes is None or first.shared < _MIN_SHARED_TOKENS:
+        if self._prefixes is None:
             return None
-        prefix = first.prompt[: first.shared]
-        if all(job.shared == first.shared and job.prompt[: job.shared] == prefix for job in batch):
-            return tuple(prefix)
-        return None
+        # Each row keeps at least its last token to run, which yields the first new token.
+        cached = min(self._prefixes.longest(first.adapter, job.prompt[:-1]) for job in batch)
+        shared = first.shared if all(job.shared == first.shared for job in batch) else 0
+        length = max(cached, shared)
+        prefix = first.prompt[:length]
+        if length < _MIN_SHARED_TOKENS or any(job.prompt[:length] != prefix for job in batch):
+            return None
+        return tuple(prefix)
 
     def _generate(self, batch: list[_Generate]) -> list[_RowOutput]:
         first = batch[0]
@@ -386,7 +430,10 @@ class InProcessBackend:
                 generation_config=self._generation_config(first),
                 logits_processor=processors,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        own = len(first.prompt) - (0 if prefix is None else len(prefix))
+        if self._prefixes is not None and len(batch) == 1 and own >= _LONG_PROMPT_TOKENS:
+            self._prefixes.keep_long(first.adapter, first.prompt, output.past_key_values)
+        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :].tolist()
         return [
             self._decode(job.prompt, tokens) for job, tokens in zip(batch, new_tokens, strict=True)
         ]
@@ -422,6 +469,7 @@ class InProcessBackend:
             temperature=job.temperature if sampling else None,
             eos_token_id=self._stop_ids,
             pad_token_id=self._tokenizer.pad_token_id,
+            return_dict_in_generate=True,  # with the cache, which a long prompt leaves behind
         )
 
     def _adapter_scope(self, adapter: str | None) -> AbstractContextManager[Any]:

@@ -102,7 +102,9 @@ def extract_max_tokens(max_facts: int) -> int:
 
 
 MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS // _CHARS_PER_TOKEN + 24)
-ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS * 2 // 3
+# An answer may be all digits (a year, an amount) or a model's degenerate run of them, so its
+# budget allows one token per character: a user gets a reply rather than a refused cut-off.
+ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS
 
 
 def format_date(at: datetime) -> str:

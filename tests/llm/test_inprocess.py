@@ -17,7 +17,7 @@ from app.core.errors import BadUpstreamResponse, Unprocessable
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.llm.factory import build_backend
 from app.llm.inprocess import InProcessBackend, load_base_model
-from app.memory.prompts import manager_messages
+from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages, manager_messages
 from app.memory.schemas import Fact, as_views
 
 # A Manager-style schema: an enum and an array of objects. Strings, integers and the array are
@@ -272,6 +272,23 @@ def manager_prompts() -> list[list[dict[str, str]]]:
     return [manager_messages(Fact(text, "Jon", None), candidates) for text in facts]
 
 
+def long_document_prompts() -> list[list[dict[str, str]]]:
+    """Answer prompts over the same 120 memories (well over 1,024 tokens), different questions."""
+    memories = as_views(
+        [
+            (
+                uuid.uuid4(),
+                f"Jon visited city number {i} and wrote a note about its parks.",
+                "Jon",
+                None,
+            )
+            for i in range(120)
+        ]
+    )
+    questions = ["Which city did Jon visit first?", "What did Jon write about?"]
+    return [answer_messages(question, memories) for question in questions]
+
+
 @pytest.mark.model
 class TestSharedPrefixCache:
     @pytest.fixture(scope="class")
@@ -309,3 +326,23 @@ class TestSharedPrefixCache:
         for each in (backend, uncached):
             await each.unload_adapter("prefix")
         assert await self.ask(backend) == expected
+
+    async def test_a_long_prompt_is_reused_by_the_next_that_repeats_it(
+        self, backend: InProcessBackend, uncached: InProcessBackend
+    ) -> None:
+        first, second = long_document_prompts()
+
+        async def reply(each: InProcessBackend, messages: list[dict[str, str]]) -> str:
+            completion = await each.complete(
+                messages, json_schema=ANSWER_SCHEMA, max_tokens=ANSWER_MAX_TOKENS
+            )
+            return completion.text
+
+        expected = [await reply(uncached, first), await reply(uncached, second)]
+        assert await reply(backend, first) == expected[0]
+        tokens = backend._tokenizer.apply_chat_template(
+            second, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        assert backend._prefixes is not None
+        assert backend._prefixes.longest(None, tokens) > 1024  # the memories, from the first
+        assert await reply(backend, second) == expected[1]

@@ -27,6 +27,8 @@ from training.eval.loaders import Conversation
 
 MAX_TURNS_PER_REQUEST = 200
 DEFAULT_TOP_K = 60
+# The full-context cut leaves this much room for the question (LoCoMo's are under 200).
+QUESTION_ROOM_CHARS = 300
 
 # Raw turns need stable UUIDs to be shown as MemoryViews; deriving them from the dia_id keeps
 # the same turn the same memory across runs.
@@ -344,12 +346,15 @@ class FullContextTarget:
         return PrepareReport()
 
     def fit(self, question: str, views: list[MemoryView]) -> list[MemoryView]:
-        """The longest run of latest turns whose prompt fits the budget (binary search: the
-        prompt grows with every turn kept)."""
+        """The longest run of latest turns whose prompt fits the budget with room for a
+        question of ``QUESTION_ROOM_CHARS`` (or this one, if longer). Every shorter question
+        gets the same turns, so the prompts of a conversation's questions differ only at the
+        end and the model reuses the cache of the turns between them."""
+        room = "?" * max(len(question), QUESTION_ROOM_CHARS)
         low, high = 0, len(views)
-        while low < high:
+        while low < high:  # binary search: the prompt grows with every turn kept
             keep = (low + high + 1) // 2
-            if _prompt_chars(question, rekey(views[-keep:])) <= self._budget_chars:
+            if _prompt_chars(room, rekey(views[-keep:])) <= self._budget_chars:
                 low = keep
             else:
                 high = keep - 1

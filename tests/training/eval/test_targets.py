@@ -14,6 +14,7 @@ from app.llm.backend import Completion
 from tests.conftest import SHARED_DATA
 from training.eval.loaders import Conversation, Session, Turn, load_locomo
 from training.eval.targets import (
+    QUESTION_ROOM_CHARS,
     FullContextTarget,
     PlainRagTarget,
     ServiceRejected,
@@ -267,6 +268,20 @@ class TestFullContextTarget:
             f"context truncated to the last {len(shown)} of 369 turns (~2000-token window)"
         )
         assert reply.selected[0].id == conversation.turns[-len(shown)].dia_id
+
+    async def test_every_short_question_gets_the_same_turns(self) -> None:
+        """So a model server can reuse the cache of the turns from one question to the next."""
+        (conversation,) = load_locomo(CONV30)
+        llm = ScriptedLLM()
+        target = FullContextTarget(llm, context_tokens=2000, chars_per_token=3.0)
+        await target.prepare(conversation, "u")
+        for question in ("When?", "Where does Gina work, and since when has she worked there?"):
+            await target.answer(conversation, "u", question)
+        (first, _), (second, _) = llm.calls
+        assert shown_memories(first) == shown_memories(second)
+        long_question = "Why " * (QUESTION_ROOM_CHARS // 2)
+        await target.answer(conversation, "u", long_question)
+        assert len(shown_memories(llm.calls[-1][0])) < len(shown_memories(first))
 
     async def test_an_unreachable_model_is_a_target_error(self) -> None:
         target = FullContextTarget(ScriptedLLM(down=True))
