@@ -76,6 +76,12 @@ MANAGER_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# An answer is plain text. A small model can lose track of the string it is writing and go on
+# as if closing the JSON or a tag ("8 May 2023}</memories> ..."), which the grammar would keep
+# inside the answer; without braces and angle brackets it has to close the string instead.
+# The length bound is part of the pattern: xgrammar ignores maxLength next to a pattern.
+_ANSWER_PATTERN = f"^[^{{}}<>]{{0,{ANSWER_MAX_CHARS}}}$"
+
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -84,7 +90,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "pattern": _KEY_PATTERN},
             "maxItems": ANSWER_MAX_SELECTED,
         },
-        "answer": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+        "answer": {"type": "string", "pattern": _ANSWER_PATTERN},
     },
     "required": ["selected", "answer"],
     "additionalProperties": False,
