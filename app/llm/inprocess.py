@@ -19,7 +19,7 @@ JSON output is enforced token by token with an xgrammar matcher per row, so a fi
 completion always parses. The one way to get unparseable output is running out of
 ``max_tokens`` inside the JSON; that raises ``BadUpstreamResponse`` naming the limit rather
 than returning a truncated document (bound strings and arrays in the schema with
-``maxLength``/``maxItems`` to make the limit unreachable).
+``maxLength`` or a bounded ``pattern``, and ``maxItems``, to make the limit unreachable).
 """
 
 import asyncio

@@ -7,6 +7,7 @@ import pytest
 import xgrammar as xgr
 
 from app.memory.prompts import (
+    ANSWER_MAX_CHARS,
     ANSWER_MAX_SELECTED,
     ANSWER_SCHEMA,
     EXTRACT_SCHEMA,
@@ -156,5 +157,12 @@ class TestSchemas:
         assert accepts(ANSWER_SCHEMA, json.dumps({"selected": ["m60"], "answer": "7 May 2023"}))
         many = [f"m{i}" for i in range(1, ANSWER_MAX_SELECTED + 2)]
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": many, "answer": "x"}))
-        assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": "x" * 500}))
+        longest = "x" * ANSWER_MAX_CHARS
+        assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": longest}))
+        assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": longest + "x"}))
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["memory 1"], "answer": "x"}))
+
+    @pytest.mark.parametrize("drift", ["7 May 2023}</memories>", "{1}", "<b>Rome</b>"])
+    def test_an_answer_is_plain_text(self, drift: str) -> None:
+        assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": "Rome, 7 May 2023!"}))
+        assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": drift}))
