@@ -108,22 +108,14 @@ async def ingestion_figures(
     async with transaction(runtime.sessions) as db:
         jobs = (await db.scalars(select(IngestionJob).where(IngestionJob.id.in_(ids)))).all()
         tenant_id = jobs[0].tenant_id
-        episodes = (
+        calls = (
             await db.execute(
                 select(
                     Episode.agent,
-                    func.count(),
-                    func.sum(Episode.prompt_tokens + Episode.completion_tokens),
-                )
-                .where(Episode.tenant_id == tenant_id, Episode.agent != "answer")
-                .group_by(Episode.agent)
-            )
-        ).all()
-        calls = (
-            await db.execute(
-                select(Episode.created_at, Episode.latency_ms).where(
-                    Episode.tenant_id == tenant_id, Episode.agent != "answer"
-                )
+                    Episode.created_at,
+                    Episode.latency_ms,
+                    Episode.prompt_tokens + Episode.completion_tokens,
+                ).where(Episode.tenant_id == tenant_id, Episode.agent != "answer")
             )
         ).all()
         ops = Counter(
@@ -148,9 +140,9 @@ async def ingestion_figures(
         if j.finished_at and j.started_at
     )
     model_s = busy_seconds(
-        [(at.timestamp() - (latency or 0) / 1000, at.timestamp()) for at, latency in calls]
+        [(at.timestamp() - (latency or 0) / 1000, at.timestamp()) for _, at, latency, _ in calls]
     )
-    tokens = sum(int(t or 0) for *_, t in episodes)
+    tokens = sum(int(t or 0) for *_, t in calls)
     return {
         "turns": turns,
         "jobs": {s: sum(1 for j in jobs if j.status == s) for s in {j.status for j in jobs}},
@@ -159,7 +151,7 @@ async def ingestion_figures(
         "model_s": round(model_s, 1),
         "non_model_overhead": round(1 - model_s / processing_s, 4) if processing_s else None,
         "model_tokens_per_turn": round(tokens / turns, 1),
-        "model_calls": {agent: count for agent, count, _ in episodes},
+        "model_calls": dict(Counter(agent for agent, *_ in calls)),
         "operations": dict(ops),
         "live_memories": live,
     }
