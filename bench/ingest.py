@@ -28,7 +28,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, session_factory, transaction, upgrade_to_head
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
 from app.llm.inprocess import InProcessBackend
 from app.main import create_app
 from app.models import Episode, IngestionJob, Memory, MemoryEvent, Scope
@@ -206,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
     upgrade_to_head(url)
     data_dir = Path(args.data_dir)
     settings = Settings(database_url=url, data_dir=data_dir)
-    model_dir = ensure_bundled_model(data_dir)
+    model_dir = ensure_bundled_gguf(data_dir, settings.llm.weights)
     engine = create_engine(url)
     celery = create_celery(settings)
     runtime = Runtime(

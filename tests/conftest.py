@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, session_factory
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
-from app.llm.bundled import ensure_bundled_model
+from app.llm.bundled import ensure_bundled_gguf, ensure_bundled_model
 from app.main import create_app
 from app.models import Scope
 from app.tenants import service as tenants
@@ -49,6 +49,13 @@ def bundled_model_dir(settings: Settings) -> Path:
     """The converted SmolLM2, once per test session (MEMR1_TEST_DATA_DIR keeps it between
     sessions; the conversion takes about 25 s)."""
     return ensure_bundled_model(settings.data_dir)
+
+
+@pytest.fixture(scope="session")
+def serving_model_dir(settings: Settings) -> Path:
+    """The bundled SmolLM2 as the in-process backend serves it (GGUF + tokenizer), once per
+    test session."""
+    return ensure_bundled_gguf(settings.data_dir, settings.llm.weights)
 
 
 @pytest.fixture(scope="session")

@@ -27,10 +27,11 @@ from transformers import (
 )
 from trl import GRPOConfig, GRPOTrainer
 
-from app.llm.inprocess import JsonGrammar, load_base_model
+from app.llm.grammar import JsonGrammar
 from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
 from training.config import GRPOJobConfig
 from training.datasets import Retriever, load_encoder
+from training.model import load_base_model
 from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
 from training.validate import ServingAnswerer, open_backend
 

@@ -1,8 +1,9 @@
 """Validation of an adapter (or of the base model) on held-out rows, to gate adapters.
 
-Generation goes through the serving backend itself (``InProcessBackend``: greedy decoding
-constrained by the agent's JSON schema, the adapter loaded the way serving loads it), so the
-figures are what a user of the service would get with that adapter active.
+Generation goes through the serving backend itself (``InProcessBackend``: llama.cpp, greedy
+decoding constrained by the agent's JSON schema, the adapter converted and loaded the way
+serving loads it), so the figures are what a user of the service would get with that adapter
+active.
 
 Answer rows: the Answer Agent answers each row's prompt; F1 / BLEU-1 / EM against the gold
 answer. Manager rows: the Manager (with the adapter) decides on the row's fact, its operations
@@ -17,7 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.core.config import get_settings
 from app.core.errors import BadUpstreamResponse
+from app.llm.bundled import serving_dir
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
@@ -34,9 +37,10 @@ Progress = Callable[[int, int], None]
 
 
 def open_backend(base_model_dir: Path, max_batch_size: int = 8) -> InProcessBackend:
-    """The serving backend over ``base_model_dir``; adapters are matched to it by name."""
+    """The serving backend for the model trained from ``base_model_dir``; adapters are matched
+    to it by name."""
     return InProcessBackend(
-        base_model_dir,
+        serving_dir(base_model_dir, get_settings().llm.weights),
         base_model=str(base_model_dir),
         max_batch_size=max_batch_size,
         max_lora_rank=MAX_LORA_RANK,

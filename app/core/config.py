@@ -18,6 +18,16 @@ class LLMBackendKind(StrEnum):
     openai = "openai"
 
 
+class Weights(StrEnum):
+    """Weight types llama.cpp serves the bundled model in (requantised from its Q4_1 GGUF)."""
+
+    bf16 = "bf16"
+    f16 = "f16"
+    f32 = "f32"
+    q8_0 = "q8_0"
+    q4_1 = "q4_1"
+
+
 class EmbeddingBackendKind(StrEnum):
     inprocess = "inprocess"
     openai = "openai"
@@ -26,8 +36,8 @@ class EmbeddingBackendKind(StrEnum):
 class LLMSettings(BaseModel):
     backend: LLMBackendKind = Field(
         LLMBackendKind.inprocess,
-        description="inprocess: bundled SmolLM2 via transformers; openai: an OpenAI-compatible "
-        "server such as vLLM.",
+        description="inprocess: bundled SmolLM2 on llama.cpp in process; openai: an "
+        "OpenAI-compatible server such as vLLM.",
     )
     base_url: str = Field(
         "http://localhost:8000/v1", description="OpenAI-compatible endpoint (openai backend)."
@@ -40,8 +50,23 @@ class LLMSettings(BaseModel):
     )
     model_path: Path | None = Field(
         None,
-        description="inprocess backend: a local HF model directory. Unset means the bundled "
-        "SmolLM2, converted once from GGUF into <data_dir>/models/.",
+        description="inprocess backend: a local model directory holding one .gguf file (served "
+        "by llama.cpp) and the Hugging Face tokenizer and weights (training). Unset means the "
+        "bundled SmolLM2, prepared once from its GGUF in <data_dir>/models/.",
+    )
+    weights: Weights = Field(
+        Weights.bf16,
+        description="inprocess, bundled model: the weight type llama.cpp serves (bench/engine.py "
+        "measures each).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="inprocess: llama.cpp threads. Unset: one per CPU core."
+    )
+    context_tokens: int = Field(
+        16384,
+        ge=512,
+        description="inprocess: key/value cache size in tokens, shared by all sequences (and "
+        "the prompt starts kept for reuse).",
     )
     extractor_model: str | None = Field(None, description="Model/adapter for fact extraction.")
     manager_model: str | None = Field(None, description="Model/adapter for the Memory Manager.")
@@ -49,7 +74,9 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout to the LLM endpoint.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx.")
     max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the server accepts.")
-    max_batch_size: int = Field(8, ge=1, description="inprocess: requests batched per forward.")
+    max_batch_size: int = Field(
+        8, ge=1, le=64, description="inprocess: requests decoded together (llama.cpp sequences)."
+    )
 
 
 class EmbeddingSettings(BaseModel):

@@ -1,6 +1,6 @@
 """The seam between the memory pipeline and whatever runs the model.
 
-Two implementations: ``inprocess`` (transformers + peft, the embedded default) and ``openai``
+Two implementations: ``inprocess`` (llama.cpp + GGUF LoRA, the embedded default) and ``openai``
 (any OpenAI-compatible server; vLLM in production). ``build_backend`` picks one from settings.
 """
 
@@ -21,6 +21,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
+    cached_tokens: int = 0  # prompt tokens reused from an earlier request's key/value cache
 
 
 class LLMBackend(Protocol):

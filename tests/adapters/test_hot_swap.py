@@ -12,8 +12,9 @@ from peft import LoraConfig, get_peft_model
 from app.adapters import service as adapters
 from app.core.config import Settings
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
-from app.llm.inprocess import InProcessBackend, load_base_model
+from app.llm.inprocess import InProcessBackend
 from tests.conftest import make_tenant
+from training.model import load_base_model
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def model_dir(settings: Settings) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_llm(model_dir: Path) -> InProcessBackend:
-    return InProcessBackend(model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64)
+def real_llm(serving_model_dir: Path) -> InProcessBackend:
+    return InProcessBackend(
+        serving_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
+    )
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from peft import LoraConfig, get_peft_model
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import GenerationConfig
 
 import app.llm.bundled as bundled
-from app.core.config import LLMSettings, Settings
+from app.core.config import LLMSettings, Settings, Weights
 from app.core.errors import BadUpstreamResponse, Unprocessable
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf, ensure_bundled_model
 from app.llm.factory import build_backend
-from app.llm.inprocess import InProcessBackend, load_base_model
+from app.llm.gguf_lora import GGUF_NAME
+from app.llm.inprocess import InProcessBackend
 from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages, manager_messages
 from app.memory.schemas import Fact, as_views
+from training.model import load_base_model
 
 # A Manager-style schema: an enum and an array of objects. Strings, integers and the array are
 # bounded, so the longest valid document fits in MAX_TOKENS and generation always finishes.
@@ -50,28 +54,48 @@ VERDICT_SCHEMA = {
 FACT = [{"role": "user", "content": "Alice moved to Paris in 2021. Reply with the memory op."}]
 
 
-@pytest.fixture(scope="module")
-async def backend(bundled_model_dir: Path) -> AsyncIterator[InProcessBackend]:
-    backend = InProcessBackend(
-        bundled_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=16
+def open_backend(model_dir: Path, max_batch_size: int = 4) -> InProcessBackend:
+    return InProcessBackend(
+        model_dir, BUNDLED_MODEL_NAME, max_batch_size=max_batch_size, max_lora_rank=16
     )
+
+
+@pytest.fixture(scope="module")
+async def backend(serving_model_dir: Path) -> AsyncIterator[InProcessBackend]:
+    backend = open_backend(serving_model_dir)
     yield backend
     await backend.close()
 
 
 @pytest.fixture(scope="module")
 def random_lora_dir(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LoRA with random (not zero) B matrices, so it visibly changes the output."""
+    """A tiny LoRA with random (not zero) B matrices on every projection, so it visibly
+    changes the output and exercises each tensor the GGUF conversion maps (Q and K are
+    permuted into llama.cpp's rotary layout)."""
+    torch.manual_seed(0)
     model, _ = load_base_model(bundled_model_dir)
     config = LoraConfig(
         r=4,
         lora_alpha=16,
-        target_modules=["q_proj", "v_proj"],
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         init_lora_weights=False,
         task_type="CAUSAL_LM",
     )
     path = tmp_path_factory.mktemp("lora") / "tiny"
-    get_peft_model(model, config).save_pretrained(str(path))
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # big enough to change greedy replies, small enough to keep them text
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(0.3)
+    peft_model.save_pretrained(str(path))
     return path
 
 
@@ -96,7 +120,7 @@ class TestComplete:
         assert 0 < completion.completion_tokens <= MAX_TOKENS
         assert completion.latency_ms > 0
 
-    async def test_concurrent_requests_all_succeed_and_share_batches(
+    async def test_concurrent_requests_all_succeed_and_decode_together(
         self, backend: InProcessBackend, caplog: pytest.LogCaptureFixture
     ) -> None:
         questions = [f"Is {n} an even number? Answer yes or no." for n in (2, 3, 8, 11, 13)]
@@ -115,10 +139,29 @@ class TestComplete:
         verdicts = ({"verdict": "yes"}, {"verdict": "no"})
         assert all(c.parsed in verdicts for c in completions[:-1])
         assert completions[-1].parsed is None and completions[-1].completion_tokens <= 4
-        batches = (re.match(r"generated a batch of (\d+)", r.getMessage()) for r in caplog.records)
-        batch_sizes = [int(m[1]) for m in batches if m]
-        assert sum(batch_sizes) == len(completions)
-        assert max(batch_sizes) > 1  # requests queued together ran in one forward pass
+        steps = (
+            re.match(r"decoded \d+ tokens for (\d+) sequences", r.getMessage())
+            for r in caplog.records
+        )
+        rows_per_step = [int(m[1]) for m in steps if m]
+        assert max(rows_per_step) > 1  # requests queued together ran in one llama_decode
+
+    async def test_a_long_prompt_does_not_hold_up_a_short_one(
+        self, backend: InProcessBackend
+    ) -> None:
+        long, _ = long_document_prompts()
+        short = [{"role": "user", "content": "Say hi."}]
+        finished: list[str] = []
+
+        async def run(name: str, messages: list[dict[str, str]], max_tokens: int) -> None:
+            await backend.complete(messages, max_tokens=max_tokens)
+            finished.append(name)
+
+        long_task = asyncio.create_task(run("long", long, 8))
+        await asyncio.sleep(0.05)  # the long prompt is being read
+        await asyncio.gather(long_task, run("short", short, 4))
+
+        assert finished == ["short", "long"]
 
     async def test_running_out_of_tokens_inside_the_json_is_reported(
         self, backend: InProcessBackend
@@ -126,9 +169,26 @@ class TestComplete:
         with pytest.raises(BadUpstreamResponse, match="max_tokens=3 before finishing the JSON"):
             await backend.complete(FACT, json_schema=OPS_SCHEMA, max_tokens=3)
 
+    async def test_a_prompt_beyond_the_context_is_refused(self, backend: InProcessBackend) -> None:
+        huge = [{"role": "user", "content": "word " * 9000}]
+        with pytest.raises(BadUpstreamResponse, match="exceeds the model's context"):
+            await backend.complete(huge, max_tokens=4)
+
     async def test_unknown_adapter_is_refused(self, backend: InProcessBackend) -> None:
         with pytest.raises(BadUpstreamResponse, match="adapter 'missing' is not loaded"):
             await backend.complete(FACT, adapter="missing", max_tokens=4)
+
+
+def peft_greedy(model: torch.nn.Module, tokenizer, messages, max_tokens: int) -> str:  # noqa: ANN001
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(
+            **ids,
+            generation_config=GenerationConfig(
+                max_new_tokens=max_tokens, do_sample=False, eos_token_id=2, pad_token_id=2
+            ),
+        )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.model
@@ -146,6 +206,7 @@ class TestAdapters:
         assert tuned.adapter == "tiny"
         assert tuned.text != base.text
         assert base_while_loaded.text == base.text
+        assert (random_lora_dir / GGUF_NAME).is_file()  # converted once, kept beside it
 
         # A request queued before the unload still runs with the adapter it asked for.
         in_flight = asyncio.create_task(backend.complete(FACT, adapter="tiny", max_tokens=12))
@@ -155,6 +216,44 @@ class TestAdapters:
         assert (await in_flight).text == tuned.text
         assert await backend.loaded_adapters() == set()
         assert (await backend.complete(FACT, max_tokens=12)).text == base.text
+
+    async def test_base_and_adapter_requests_interleave(
+        self, backend: InProcessBackend, random_lora_dir: Path
+    ) -> None:
+        base = (await backend.complete(FACT, max_tokens=12)).text
+        await backend.load_adapter("mixed", str(random_lora_dir))
+        tuned = (await backend.complete(FACT, adapter="mixed", max_tokens=12)).text
+
+        replies = await asyncio.gather(
+            *(backend.complete(FACT, adapter=a, max_tokens=12) for a in [None, "mixed"] * 3)
+        )
+
+        assert [r.text for r in replies] == [base, tuned] * 3
+        await backend.unload_adapter("mixed")
+
+    async def test_converted_adapter_reproduces_peft_greedy_output(
+        self, settings: Settings, bundled_model_dir: Path, random_lora_dir: Path
+    ) -> None:
+        # float32 weights: the values transformers de-quantised, so both engines compute the
+        # same function and greedy replies agree token for token.
+        exact = open_backend(ensure_bundled_gguf(settings.data_dir, Weights.f32))
+        model, tokenizer = load_base_model(bundled_model_dir)
+        peft_model = PeftModel.from_pretrained(model, str(random_lora_dir))
+        prompts = [
+            FACT,
+            [{"role": "user", "content": "Name three colours of the rainbow."}],
+            [{"role": "user", "content": "Where does the Eiffel tower stand?"}],
+        ]
+        try:
+            await exact.load_adapter("peft", str(random_lora_dir))
+            for messages in prompts:
+                served = await exact.complete(messages, adapter="peft", max_tokens=24)
+                assert served.text == peft_greedy(peft_model, tokenizer, messages, 24)
+                with peft_model.disable_adapter():
+                    base = peft_greedy(peft_model, tokenizer, messages, 24)
+                assert (await exact.complete(messages, max_tokens=24)).text == base
+        finally:
+            await exact.close()
 
     async def test_loading_twice_is_idempotent(
         self, backend: InProcessBackend, random_lora_dir: Path
@@ -174,11 +273,17 @@ class TestAdapters:
         too_big.mkdir()
         (too_big / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
         (too_big / "adapter_model.safetensors").write_bytes(b"")
+        dora = tmp_path / "dora"
+        dora.mkdir()
+        (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+        (dora / "adapter_model.safetensors").write_bytes(
+            (random_lora_dir / "adapter_model.safetensors").read_bytes()
+        )
 
         with pytest.raises(Unprocessable, match="rank 64, above the server limit 16"):
             await backend.load_adapter("too-big", str(too_big))
-        with pytest.raises(Unprocessable, match="no dots"):
-            await backend.load_adapter("manager.v1", str(random_lora_dir))
+        with pytest.raises(Unprocessable, match="uses DoRA"):
+            await backend.load_adapter("dora", str(dora))
 
         assert await backend.loaded_adapters() == set()
 
@@ -186,16 +291,21 @@ class TestAdapters:
 @pytest.mark.model
 class TestBuildBackend:
     async def test_default_settings_serve_the_bundled_model_in_process(
-        self, bundled_model_dir: Path
+        self, serving_model_dir: Path
     ) -> None:
-        data_dir = bundled_model_dir.parent.parent  # already converted there
+        data_dir = serving_model_dir.parent.parent  # already prepared there
 
         backend = build_backend(Settings(data_dir=data_dir, llm=LLMSettings()))
         try:
             assert isinstance(backend, InProcessBackend)
             assert backend.base_model == BUNDLED_MODEL_NAME
+            assert (await backend.complete(FACT, max_tokens=4)).completion_tokens > 0
         finally:
             await backend.close()
+
+    def test_a_model_directory_without_one_gguf_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(Unprocessable, match="exactly one .gguf file"):
+            InProcessBackend(tmp_path, "mine", max_batch_size=1, max_lora_rank=8)
 
 
 class TestEnsureBundledModel:
@@ -290,59 +400,91 @@ def long_document_prompts() -> list[list[dict[str, str]]]:
 
 
 @pytest.mark.model
-class TestSharedPrefixCache:
-    @pytest.fixture(scope="class")
-    async def uncached(self, bundled_model_dir: Path) -> AsyncIterator[InProcessBackend]:
-        backend = InProcessBackend(
-            bundled_model_dir,
-            BUNDLED_MODEL_NAME,
-            max_batch_size=4,
-            max_lora_rank=16,
-            prefix_cache_entries=0,
-        )
-        yield backend
-        await backend.close()
+class TestPromptReuse:
+    """Reusing another request's cached prompt start changes no reply of the bundled model:
+    each is compared with the reply of a fresh backend that computes the whole prompt. (The
+    random adapter's replies are near ties, which the last bits of a batched computation can
+    flip, so with it the test checks what is reused instead.)"""
 
-    async def ask(self, backend: InProcessBackend, adapter: str | None = None) -> list[str]:
-        replies = await asyncio.gather(
-            *(
-                backend.complete(p, json_schema=OPS_SCHEMA, adapter=adapter, max_tokens=MAX_TOKENS)
-                for p in manager_prompts()
-            )
-        )
-        return [r.text for r in replies]
+    async def fresh_replies(
+        self,
+        model_dir: Path,
+        prompts: list[list[dict[str, str]]],
+        schema: dict,
+        max_tokens: int,
+        lora: Path | None = None,
+    ) -> list[str]:
+        replies = []
+        for messages in prompts:
+            fresh = open_backend(model_dir, max_batch_size=1)
+            try:
+                if lora is not None:
+                    await fresh.load_adapter("reuse", str(lora))
+                reply = await fresh.complete(
+                    messages,
+                    json_schema=schema,
+                    adapter=None if lora is None else "reuse",
+                    max_tokens=max_tokens,
+                )
+                replies.append(reply.text)
+            finally:
+                await fresh.close()
+        return replies
 
-    async def test_cached_batches_give_the_same_replies(
-        self, backend: InProcessBackend, uncached: InProcessBackend, random_lora_dir: Path
+    async def test_shared_starts_are_reused_and_change_no_reply(
+        self, serving_model_dir: Path, random_lora_dir: Path
     ) -> None:
-        expected = await self.ask(uncached)
-        assert await self.ask(backend) == expected  # computes the shared start
-        assert await self.ask(backend) == expected  # reuses it, batched with padding inside
-        for each in (backend, uncached):
-            await each.load_adapter("prefix", str(random_lora_dir))
-        tuned = await self.ask(uncached, "prefix")
-        assert tuned != expected
-        assert await self.ask(backend, "prefix") == tuned  # the cache is per adapter
-        for each in (backend, uncached):
-            await each.unload_adapter("prefix")
-        assert await self.ask(backend) == expected
+        prompts = manager_prompts()
+        expected = await self.fresh_replies(serving_model_dir, prompts, OPS_SCHEMA, MAX_TOKENS)
+        tuned = await self.fresh_replies(
+            serving_model_dir, prompts[:1], OPS_SCHEMA, MAX_TOKENS, random_lora_dir
+        )
+        backend = open_backend(serving_model_dir)
+        try:
+
+            async def ask(adapter: str | None = None, together: bool = True) -> list:
+                calls = [
+                    backend.complete(
+                        p, json_schema=OPS_SCHEMA, adapter=adapter, max_tokens=MAX_TOKENS
+                    )
+                    for p in prompts
+                ]
+                if together:
+                    return list(await asyncio.gather(*calls))
+                return [await call for call in calls]
+
+            first = await ask(together=False)
+            assert [c.text for c in first] == expected
+            assert first[0].cached_tokens == 0
+            assert all(c.cached_tokens > 200 for c in first[1:])  # the instructions, shared
+            together = await ask()
+            assert [c.text for c in together] == expected
+            await backend.load_adapter("reuse", str(random_lora_dir))
+            first_tuned = await ask("reuse", together=False)
+            assert first_tuned[0].text == tuned[0]  # nothing to reuse: the base's starts aren't
+            assert first_tuned[0].cached_tokens == 0  # the adapter's
+            assert all(c.cached_tokens > 200 for c in first_tuned[1:])
+            assert {c.text for c in first_tuned}.isdisjoint(expected)
+            await backend.unload_adapter("reuse")
+            assert [c.text for c in await ask()] == expected
+        finally:
+            await backend.close()
 
     async def test_a_long_prompt_is_reused_by_the_next_that_repeats_it(
-        self, backend: InProcessBackend, uncached: InProcessBackend
+        self, serving_model_dir: Path
     ) -> None:
-        first, second = long_document_prompts()
+        prompts = long_document_prompts()
+        expected = await self.fresh_replies(
+            serving_model_dir, prompts, ANSWER_SCHEMA, ANSWER_MAX_TOKENS
+        )
+        backend = open_backend(serving_model_dir)
+        try:
+            replies = [
+                await backend.complete(p, json_schema=ANSWER_SCHEMA, max_tokens=ANSWER_MAX_TOKENS)
+                for p in prompts
+            ]
+        finally:
+            await backend.close()
 
-        async def reply(each: InProcessBackend, messages: list[dict[str, str]]) -> str:
-            completion = await each.complete(
-                messages, json_schema=ANSWER_SCHEMA, max_tokens=ANSWER_MAX_TOKENS
-            )
-            return completion.text
-
-        expected = [await reply(uncached, first), await reply(uncached, second)]
-        assert await reply(backend, first) == expected[0]
-        tokens = backend._tokenizer.apply_chat_template(
-            second, add_generation_prompt=True, return_dict=True
-        )["input_ids"]
-        assert backend._prefixes is not None
-        assert backend._prefixes.longest(None, tokens) > 1024  # the memories, from the first
-        assert await reply(backend, second) == expected[1]
+        assert [r.text for r in replies] == expected
+        assert replies[1].cached_tokens > 1024  # the memories, from the first question

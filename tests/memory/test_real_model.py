@@ -46,9 +46,9 @@ def conversation(conversation_record: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-async def llm(bundled_model_dir: Path) -> AsyncIterator[InProcessBackend]:
+async def llm(serving_model_dir: Path) -> AsyncIterator[InProcessBackend]:
     backend = InProcessBackend(
-        bundled_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
+        serving_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
     )
     yield backend
     await backend.close()

@@ -13,13 +13,13 @@ from transformers import GenerationConfig
 
 from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
-from app.llm.inprocess import load_base_model
 from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
 from app.memory.schemas import as_views
 from training import grpo
 from training.config import GRPOJobConfig
 from training.datasets import answer_row
 from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
+from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
 
 MAY = datetime(2023, 5, 8, tzinfo=UTC)

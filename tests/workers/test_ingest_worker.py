@@ -13,7 +13,7 @@ from app.core.db import create_engine, session_factory
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
 from app.llm.backend import LLMBackend
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
 from app.llm.inprocess import InProcessBackend
 from app.main import create_app
 from tests.fixtures.fake_llm import FakeLLM
@@ -111,7 +111,7 @@ async def test_model_down_job_retries_then_fails_and_turns_survive(
 @pytest.fixture(scope="module")
 def real_llm(settings: Settings) -> InProcessBackend:
     return InProcessBackend(
-        ensure_bundled_model(settings.data_dir),
+        ensure_bundled_gguf(settings.data_dir, settings.llm.weights),
         base_model=BUNDLED_MODEL_NAME,
         max_batch_size=4,
         max_lora_rank=64,
@@ -125,7 +125,7 @@ async def test_real_model_ingests_through_postgres_broker_and_answers(
     _, headers = await committed_tenant(settings, f"e2e-{uuid.uuid4().hex[:6]}")
     env = {
         "MEMR1_DATABASE_URL": settings.database_url or "",
-        "MEMR1_DATA_DIR": str(settings.data_dir),  # the model converted once by real_llm
+        "MEMR1_DATA_DIR": str(settings.data_dir),  # the model prepared once by real_llm
     }
     log = tmp_path / "worker.log"
     async for client, _ in _committed_client(settings, embedder, real_llm):

@@ -38,10 +38,10 @@ def one_session_slice(tmp_path: Path, turns: int = 6) -> Path:
 
 
 async def test_eval_run_writes_every_output(
-    committed_runtime, settings: Settings, bundled_model_dir: Path, tmp_path: Path
+    committed_runtime, settings: Settings, serving_model_dir: Path, tmp_path: Path
 ) -> None:
     committed_runtime.llm = InProcessBackend(
-        bundled_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
+        serving_model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64
     )
     tenant = await make_tenant(committed_runtime, f"eval-{uuid.uuid4().hex[:6]}")
     app = create_app(settings, committed_runtime)
