@@ -55,9 +55,9 @@ class LLMSettings(BaseModel):
         "bundled SmolLM2, prepared once from its GGUF in <data_dir>/models/.",
     )
     weights: Weights = Field(
-        Weights.bf16,
-        description="inprocess, bundled model: the weight type llama.cpp serves (bench/engine.py "
-        "measures each).",
+        Weights.q8_0,
+        description="inprocess, bundled model: the weight type llama.cpp serves. q8_0 decodes "
+        "fastest of those that prefill about as fast as bf16 (bench/engine.py measures each).",
     )
     threads: int | None = Field(
         None, ge=1, description="inprocess: llama.cpp threads. Unset: one per CPU core."

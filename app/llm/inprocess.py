@@ -174,7 +174,7 @@ class InProcessBackend:
             params=llama_cpp.llama_model_default_params(),
             verbose=False,
         )
-        threads = threads or os.cpu_count() or 1
+        threads = threads or len(os.sched_getaffinity(0))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context_tokens
         params.n_batch = params.n_ubatch = _BATCH_TOKENS

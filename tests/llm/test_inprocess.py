@@ -222,14 +222,18 @@ class TestAdapters:
     ) -> None:
         base = (await backend.complete(FACT, max_tokens=12)).text
         await backend.load_adapter("mixed", str(random_lora_dir))
-        tuned = (await backend.complete(FACT, adapter="mixed", max_tokens=12)).text
+        try:
+            replies = await asyncio.gather(
+                *(backend.complete(FACT, adapter=a, max_tokens=12) for a in [None, "mixed"] * 3)
+            )
+        finally:
+            await backend.unload_adapter("mixed")
 
-        replies = await asyncio.gather(
-            *(backend.complete(FACT, adapter=a, max_tokens=12) for a in [None, "mixed"] * 3)
-        )
-
-        assert [r.text for r in replies] == [base, tuned] * 3
-        await backend.unload_adapter("mixed")
+        assert [r.adapter for r in replies] == [None, "mixed"] * 3
+        assert all(r.text == base for r in replies[::2])
+        # The random adapter's reply is a near tie the batch's arithmetic can flip (see
+        # TestPromptReuse), so it is only checked to be the adapter's, not the base's.
+        assert all(r.text != base for r in replies[1::2])
 
     async def test_converted_adapter_reproduces_peft_greedy_output(
         self, settings: Settings, bundled_model_dir: Path, random_lora_dir: Path
