@@ -21,6 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import llama_cpp
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from app.core.config import Weights
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -83,9 +87,6 @@ def _gguf_dir() -> Path:
 
 
 def _convert_gguf(out_dir: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = _gguf_dir()
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
@@ -107,9 +108,6 @@ _FTYPES = {
 
 
 def _requantise(out_dir: Path, weights: Weights) -> None:
-    import llama_cpp
-    from transformers import AutoTokenizer
-
     source = _gguf_dir()
     target = out_dir / f"model.{weights.value}.gguf"
     if weights is Weights.q4_1:
