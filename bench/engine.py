@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -231,15 +231,17 @@ def llama_grammar_figures(gguf: Path, tokenizer_dir: Path, threads: int) -> dict
     """llama.cpp's own grammar (GBNF from the schema, llama-cpp-python's sampler) on the same
     Manager prompt: the alternative to xgrammar, per token."""
     from llama_cpp import Llama, LlamaGrammar
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BatchEncoding
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
     grammar = LlamaGrammar.from_json_schema(json.dumps(MANAGER_SCHEMA), verbose=False)
 
     def per_token(prompt: Messages, constrained: bool, max_tokens: int) -> float:
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)
-        ids = ids["input_ids"]
+        encoded = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_dict=True
+        )
+        ids: list[int] = cast(BatchEncoding, encoded)["input_ids"]
         best = float("inf")
         for _ in range(REPEATS):
             llm.reset()
