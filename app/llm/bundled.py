@@ -98,12 +98,11 @@ def _convert_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-# llama.cpp's file types for each weight type.
 _FTYPES = {
-    Weights.f32: 0,  # LLAMA_FTYPE_ALL_F32
-    Weights.f16: 1,  # LLAMA_FTYPE_MOSTLY_F16
-    Weights.q8_0: 7,  # LLAMA_FTYPE_MOSTLY_Q8_0
-    Weights.bf16: 32,  # LLAMA_FTYPE_MOSTLY_BF16
+    Weights.f32: llama_cpp.LLAMA_FTYPE_ALL_F32,
+    Weights.f16: llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+    Weights.q8_0: llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+    Weights.bf16: llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
 }
 
 

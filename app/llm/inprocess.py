@@ -464,13 +464,15 @@ class InProcessBackend:
     ) -> None:
         sequence = self._sequence_of(job)
         sequence.job, sequence.used = None, time.perf_counter()
-        if error is None and not job.future.cancelled():
+        if job.future.cancelled():  # nobody is waiting for the reply
+            return
+        if error is None:
             try:
                 job.resolve(self._to_completion(job, finished))
+                return
             except BadUpstreamResponse as exc:
-                job.resolve(error=exc)
-        elif error is not None:
-            job.resolve(error=error)
+                error = exc
+        job.resolve(error=error)
 
     def _sequence_of(self, job: _Generate) -> _Sequence:
         return next(s for s in self._sequences if s.job is job)
