@@ -41,6 +41,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         data_dir=Path(os.environ.get("MEMR1_TEST_DATA_DIR", tmp_path_factory.mktemp("data"))),
         start_worker=False,
         bootstrap_admin=False,
+        dataset_dirs=[SHARED_DATA, tmp_path_factory.getbasetemp()],
     )
 
 

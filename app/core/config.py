@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     adapters_dir: Path | None = Field(
         None, description="Where trained LoRA adapters are written. Unset: <data_dir>/adapters."
     )
+    dataset_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders training jobs may read datasets from (a JSON list); a job's "
+        "relative path is taken inside the first. Unset: <data_dir>/datasets.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes.")
@@ -169,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def adapter_root(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"
+
+    @property
+    def dataset_roots(self) -> list[Path]:
+        return self.dataset_dirs or [self.data_dir / "datasets"]
 
 
 @lru_cache

@@ -1,7 +1,7 @@
 """Types shared by several domains' schemas."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import AfterValidator, Field, StringConstraints
@@ -17,7 +17,43 @@ ExternalIdField = Annotated[
     StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN),
     Field(description=ID_HELP),
 ]
-NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# The largest value of a Postgres integer column: sequence numbers, offsets and counts in
+# requests are bounded by it.
+MAX_INT = 2**31 - 1
+
+
+def _storable(value: str) -> str:
+    # Postgres text and jsonb cannot hold NUL, and a lone UTF-16 surrogate is not Unicode.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (\\u0000), which cannot be stored: remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "contains an unpaired surrogate (\\ud800-\\udfff), which is not valid unicode: "
+            "send the text as UTF-8"
+        ) from None
+    return value
+
+
+def _storable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_json(key)
+            _storable_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item)
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+NonEmptyText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_storable)
+]
+StorableJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 AdapterChoice = Annotated[
     str,
     Field(
@@ -29,7 +65,12 @@ AdapterChoice = Annotated[
 
 def _as_utc(value: datetime) -> datetime:
     # A time without an offset is taken as UTC, so it reads back the way it is stored.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1-9999 once converted to UTC") from None
+    return value
 
 
 UtcDatetime = Annotated[

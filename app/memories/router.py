@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.core.deps import DbSession, MemoryPrincipal, RuntimeDep
-from app.core.schemas import ExternalId
+from app.core.schemas import MAX_INT, ExternalId, StorableText
 from app.memories import service
 from app.memories.schemas import MemoryCreate, MemoryEventRead, MemoryPage, MemoryRead, MemoryUpdate
 
@@ -18,10 +18,11 @@ async def list_memories(
     db: DbSession,
     runtime: RuntimeDep,
     query: Annotated[
-        str | None, Query(min_length=1, description="Semantic search: most similar first.")
+        StorableText | None,
+        Query(min_length=1, description="Semantic search: most similar first."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> MemoryPage:
     return await service.list_or_search(
         db,

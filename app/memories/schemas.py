@@ -4,18 +4,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import NonEmptyText, UtcDatetime
+from app.core.schemas import NonEmptyText, StorableText, UtcDatetime
 
 
 class MemoryCreate(BaseModel):
     text: NonEmptyText
-    speaker: str | None = Field(None, max_length=200)
+    speaker: StorableText | None = Field(None, max_length=200)
     occurred_at: UtcDatetime | None = None
 
 
 class MemoryUpdate(BaseModel):
     text: NonEmptyText | None = None
-    speaker: str | None = Field(None, max_length=200)
+    speaker: StorableText | None = Field(None, max_length=200)
     occurred_at: UtcDatetime | None = None
 
 

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.core.deps import DbSession, MemoryPrincipal, RuntimeDep
-from app.core.schemas import ExternalId
+from app.core.schemas import MAX_INT, ExternalId
 from app.sessions import service
 from app.sessions.schemas import TurnPage, TurnsAccepted, TurnsCreate
 
@@ -34,7 +34,9 @@ async def list_turns(
     session_id: ExternalId,
     principal: MemoryPrincipal,
     db: DbSession,
-    after_seq: Annotated[int, Query(ge=-1, description="Return turns after this seq.")] = -1,
+    after_seq: Annotated[
+        int, Query(ge=-1, le=MAX_INT, description="Return turns after this seq.")
+    ] = -1,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> TurnPage:
     return await service.list_turns(db, principal.tenant_id, session_id, after_seq, limit)

@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.core.schemas import StorableJson, StorableText
 from app.models import TrainingJob
 
 
@@ -11,15 +12,15 @@ class TrainingJobCreate(BaseModel):
     agent: Literal["answer", "manager"]
     algorithm: Literal["grpo"] = "grpo"
     source: Literal["episodes", "dataset"]
-    dataset: str | None = Field(
+    dataset: StorableText | None = Field(
         None,
         description="source=dataset: path (on the worker) of a LoCoMo-format JSON file.",
     )
-    validation_dataset: str | None = Field(
+    validation_dataset: StorableText | None = Field(
         None,
         description="LoCoMo-format JSON file the adapter is evaluated on before activation.",
     )
-    params: dict[str, Any] = Field(
+    params: StorableJson = Field(
         default_factory=dict, description="GRPO settings; see GET /admin/training-params."
     )
     activate: Literal["if_better", "always", "never"] = "if_better"

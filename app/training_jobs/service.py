@@ -15,7 +15,24 @@ from app.training_jobs.schemas import TrainingJobCreate, TrainingJobRead
 from training.config import GRPOJobConfig
 
 
-def _check(body: TrainingJobCreate) -> None:
+def dataset_path(roots: list[Path], name: str, path: str) -> str:
+    """``path`` resolved inside one of the configured dataset folders (a relative path inside
+    the first), as the absolute path the worker will read; links are followed before the
+    check, so none leads out."""
+    given = Path(path)
+    resolved = (given if given.is_absolute() else roots[0] / given).resolve()
+    inside = any(resolved.is_relative_to(root.resolve()) for root in roots)
+    if not inside or not resolved.is_file():
+        folders = ", ".join(str(root) for root in roots)
+        raise Unprocessable(
+            f"{name} {path!r} is not a file in the dataset folders ({folders}); put it there, "
+            "or add its folder to MEMR1_DATASET_DIRS"
+        )
+    return str(resolved)
+
+
+def _check(body: TrainingJobCreate, roots: list[Path]) -> TrainingJobCreate:
+    """``body`` with its dataset paths resolved, or Unprocessable saying what to fix."""
     try:
         # Paths are chosen by the worker; placeholders let the rest of the config be checked now.
         GRPOJobConfig.from_params(
@@ -25,21 +42,21 @@ def _check(body: TrainingJobCreate) -> None:
         raise Unprocessable(f"params: {exc}") from exc
     if body.source == "dataset" and not body.dataset:
         raise Unprocessable("source 'dataset' needs 'dataset': a LoCoMo-format JSON file path")
-    for name, path in (("dataset", body.dataset), ("validation_dataset", body.validation_dataset)):
-        if path and not Path(path).is_file():
-            raise Unprocessable(f"{name} {path!r} is not a readable file on the server")
     if body.activate == "if_better" and not body.validation_dataset:
         raise Unprocessable(
             "activate 'if_better' compares adapters on a validation set: give "
             "'validation_dataset', or set activate to 'always' or 'never'"
         )
+    paths = {"dataset": body.dataset, "validation_dataset": body.validation_dataset}
+    resolved = {name: dataset_path(roots, name, path) for name, path in paths.items() if path}
+    return body.model_copy(update=resolved)
 
 
 async def create_job(
     runtime: Runtime, tenant_id: uuid.UUID, body: TrainingJobCreate
 ) -> TrainingJobRead:
     """Store the job, commit, then enqueue it."""
-    _check(body)
+    body = _check(body, runtime.settings.dataset_roots)
     async with transaction(runtime.sessions) as db:
         job = await repository.add(
             db,

@@ -1,6 +1,7 @@
 """POST/GET /admin/training-jobs and cancel: auth, validation, tenant isolation, enqueueing."""
 
 import uuid
+from pathlib import Path
 
 from tests.conftest import SHARED_DATA
 
@@ -51,6 +52,36 @@ class TestCreate:
         response = await client.post("/admin/training-jobs", json=body, headers=tenant_a.admin)
         assert response.status_code == 422
         assert "/nonexistent/locomo.json" in response.json()["detail"]
+
+    async def test_files_outside_the_dataset_folders_are_refused(self, client, tenant_a, tmp_path):
+        outside = Path("/etc/hostname")
+        link = SHARED_DATA / ".." / ".." / "main"  # a folder beside the data: not inside it
+        for path in (str(outside), "../../etc/passwd", str(link / "README.md")):
+            for field in ("dataset", "validation_dataset"):
+                body = job_body(**{field: path})
+                response = await client.post(
+                    "/admin/training-jobs", json=body, headers=tenant_a.admin
+                )
+                assert response.status_code == 422, (field, path)
+                detail = response.json()["detail"]
+                assert "dataset folders" in detail and "MEMR1_DATASET_DIRS" in detail
+
+    async def test_a_link_out_of_a_dataset_folder_is_refused(self, client, tenant_a, settings):
+        root = settings.dataset_roots[-1]
+        link = root / f"escape-{uuid.uuid4().hex[:6]}.json"
+        link.symlink_to("/etc/hostname")
+        try:
+            body = job_body(dataset=str(link))
+            response = await client.post("/admin/training-jobs", json=body, headers=tenant_a.admin)
+            assert response.status_code == 422
+        finally:
+            link.unlink()
+
+    async def test_relative_paths_are_taken_in_the_first_folder(self, client, tenant_a):
+        body = job_body(dataset="locomo/locomo_train_conv26.json")
+        response = await client.post("/admin/training-jobs", json=body, headers=tenant_a.admin)
+        assert response.status_code == 202, response.text
+        assert response.json()["dataset"] == str(Path(TRAIN).resolve())
 
     async def test_dataset_source_needs_a_dataset(self, client, tenant_a):
         body = job_body(dataset=None)
