@@ -4,7 +4,7 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,11 +26,14 @@ from app.core.db import (
 )
 from app.core.runtime import build_runtime
 from app.models import Adapter, Agent, Scope
+from app.supervise import Supervisor
 from app.tenants import service as tenants
 
 log = logging.getLogger("memory_r1")
 
 T = TypeVar("T")
+
+SHUTDOWN_GRACE_S = 3
 
 
 @contextmanager
@@ -70,6 +73,10 @@ def _bootstrap(database_url: str) -> None:
         )
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -79,15 +86,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if resolved.bootstrap_admin:
             _bootstrap(resolved.database_url)
         env = {**os.environ, "MEMR1_DATABASE_URL": resolved.database_url}
-        workers = []
-        if resolved.start_worker and not args.no_worker:
-            # Two solo workers: a long training run never holds up ingestion.
-            workers = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "worker", "--queues", queue], env=env
-                )
+        # Two solo workers: a long training run never holds up ingestion. Each is started
+        # again when it exits, and stopped with everything it started when serve stops.
+        workers = Supervisor(
+            {
+                f"{queue} worker": [sys.executable, "-m", "app.cli", "worker", "--queues", queue]
                 for queue in ("ingest", "training")
-            ]
+            }
+            if resolved.start_worker and not args.no_worker
+            else {},
+            env,
+        )
+        workers.start()
+        # uvicorn handles SIGTERM itself and raises it again once the server has stopped; this
+        # handler then turns it into SystemExit, so the block below stops the workers.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         os.environ["MEMR1_DATABASE_URL"] = resolved.database_url
         get_settings.cache_clear()
         try:
@@ -98,12 +111,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 port=args.port or resolved.port,
                 workers=resolved.api_workers,
                 log_level=resolved.log_level.lower(),
+                # Requests still running at shutdown get this long, then are cut off.
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             )
         finally:
-            for worker in workers:
-                worker.terminate()
-            for worker in workers:
-                worker.wait(timeout=30)
+            workers.stop(grace_s=SHUTDOWN_GRACE_S)
     return 0
 
 

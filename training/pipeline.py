@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.supervise import exit_with_parent
 from training.config import GRPOJobConfig
 from training.datasets import (
     Retriever,
@@ -75,7 +76,8 @@ def _validate(
 
 def run_job(spec: JobSpec, events: Any) -> None:
     """The spawned process's entry point. Never raises past the queue: errors become events
-    and a non-zero exit code."""
+    and a non-zero exit code. It ends when the worker that spawned it is gone."""
+    exit_with_parent()
     try:
         model_dir = (
             Path(spec.base_model_dir)
