@@ -121,14 +121,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.celery_app import INGEST_QUEUE, get_celery
+    from workers.sweep import start_sweeper
     from workers.tasks.ingest import resume_queued
 
     queues = args.queues.split(",")
-    if INGEST_QUEUE in queues and settings.database_url:
-        stale_after = timedelta(seconds=settings.pipeline.ingest_stale_after_s)
-        resumed = resume_queued(settings.database_url, stale_after)
-        if resumed:
-            log.info("re-sent %d queued ingestion jobs", resumed)
+    if settings.database_url:
+        if INGEST_QUEUE in queues:
+            stale_after = timedelta(seconds=settings.pipeline.stale_after_s)
+            resumed = resume_queued(settings.database_url, stale_after)
+            if resumed:
+                log.info("re-sent %d queued ingestion jobs", resumed)
+        start_sweeper(settings)
     argv = ["worker", "-Q", ",".join(queues), "--pool", args.pool, "-l", settings.log_level]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]

@@ -252,8 +252,8 @@ class IngestionJob(Base):
     result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
-    # Set on claim and after every processed turn: a running job whose heartbeat is old has
-    # lost its worker (see ``repository.requeue_stale``).
+    # Set on claim and every few seconds while a worker runs it: a running job whose heartbeat
+    # is old has lost its worker (see ``repository.requeue_stale``).
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
@@ -272,6 +272,7 @@ class TrainingJob(Base):
     activate: Mapped[str] = mapped_column(String(16), default="if_better")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None]
     metrics: Mapped[dict[str, Any] | None]
     logs: Mapped[str] = mapped_column(Text, default="")

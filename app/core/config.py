@@ -120,11 +120,21 @@ class PipelineSettings(BaseModel):
     answer_top_k: int = Field(60, ge=1, le=60)
     ingest_max_attempts: int = Field(3, ge=1, le=20, description="Tries before a job fails.")
     ingest_retry_backoff_s: float = Field(5.0, ge=0)
-    ingest_stale_after_s: float = Field(
-        600.0,
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a worker records that a job it runs is alive."
+    )
+    stale_after_s: float = Field(
+        60.0,
         gt=0,
-        description="A running ingestion job without progress for this long has lost its "
-        "worker; a starting worker queues it again.",
+        description="A running ingestion or training job without a heartbeat for this long has "
+        "lost its worker; the workers' sweep queues it again.",
+    )
+    sweep_every_s: float = Field(15.0, gt=0, description="How often each worker sweeps.")
+    training_max_attempts: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="Runs of a training job (a lost worker's included) before it fails.",
     )
 
 

@@ -12,6 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,6 +21,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 log = logging.getLogger(__name__)
+
+# What a database restart or a lost connection raises: worth trying again later.
+UNAVAILABLE = (OperationalError, InterfaceError, OSError)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 EMBEDDED_DATABASE = "memory_r1"

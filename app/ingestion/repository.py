@@ -58,21 +58,48 @@ async def claim(session: AsyncSession, job_id: uuid.UUID) -> IngestionJob | None
     )
 
 
-async def save_result(session: AsyncSession, job_id: uuid.UUID, result: dict[str, Any]) -> None:
-    await session.execute(
+def _held(job_id: uuid.UUID, attempt: int | None) -> Any:
+    """The job's row while the claim numbered ``attempt`` still holds it (any row: None)."""
+    where = IngestionJob.id == job_id
+    if attempt is not None:
+        where &= (IngestionJob.status == JobStatus.running) & (IngestionJob.attempts == attempt)
+    return where
+
+
+async def save_result(
+    session: AsyncSession, job_id: uuid.UUID, result: dict[str, Any], attempt: int | None = None
+) -> bool:
+    """Record progress; False when the claim ``attempt`` lost the job (it was queued again)."""
+    saved = await session.execute(
         update(IngestionJob)
-        .where(IngestionJob.id == job_id)
+        .where(_held(job_id, attempt))
         .values(result=result, heartbeat_at=datetime.now(UTC))
+        .returning(IngestionJob.id)
     )
+    return saved.first() is not None
+
+
+async def heartbeat(session: AsyncSession, job_id: uuid.UUID, attempt: int) -> bool:
+    beat = await session.execute(
+        update(IngestionJob)
+        .where(_held(job_id, attempt))
+        .values(heartbeat_at=datetime.now(UTC))
+        .returning(IngestionJob.id)
+    )
+    return beat.first() is not None
 
 
 async def finish(
-    session: AsyncSession, job_id: uuid.UUID, status: JobStatus, error: str | None = None
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    error: str | None = None,
+    attempt: int | None = None,
 ) -> None:
     finished = datetime.now(UTC) if status != JobStatus.queued else None
     await session.execute(
         update(IngestionJob)
-        .where(IngestionJob.id == job_id)
+        .where(_held(job_id, attempt))
         .values(status=status, error=error, finished_at=finished)
     )
 

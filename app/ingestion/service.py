@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.adapters import service as adapters
-from app.core.db import transaction
+from app.core.db import UNAVAILABLE, transaction
 from app.core.errors import AppError, NotFound, Upstream
 from app.core.runtime import Runtime
 from app.episodes import repository as episodes
@@ -53,12 +53,41 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
     """Run one ingestion job; None when it is not queued (done, or another worker has it).
 
     Raises Upstream when the model is unreachable: the job is then queued again for a retry,
-    or failed once it has used its attempts."""
+    or failed once it has used its attempts. While it runs, a heartbeat records that it is
+    alive; if the sweep queued it again meanwhile (its heartbeats stopped reaching the
+    database), this run stops without writing anything more and returns None."""
     async with transaction(runtime.sessions) as db:
         job = await repository.claim(db, job_id)
         if job is None:
             return None
         turns = await turns_repository.get_turns(db, job.tenant_id, job.turn_ids)
+    beat = asyncio.create_task(_heartbeat(runtime, job))
+    try:
+        return await _run(runtime, job, turns)
+    except LostClaim:
+        log.warning("ingestion %s: queued again while this worker ran it; stopping", job.id)
+        return None
+    finally:
+        beat.cancel()
+
+
+class LostClaim(Exception):
+    """The job was queued again (by the sweep) while this run still held it."""
+
+
+async def _heartbeat(runtime: Runtime, job: IngestionJob) -> None:
+    every = runtime.settings.pipeline.heartbeat_s
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with transaction(runtime.sessions) as db:
+                if not await repository.heartbeat(db, job.id, job.attempts):
+                    return
+        except Exception as exc:  # the database may be back at the next beat
+            log.warning("ingestion %s: heartbeat failed: %r", job.id, exc)
+
+
+async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> IngestionRead | None:
     try:
         context = _Context(
             job=job,
@@ -80,26 +109,33 @@ async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | No
                     result["operations"] += await _manage_fact(runtime, context, turn, fact)
                 result["processed_turns"] += 1
                 async with transaction(runtime.sessions) as db:
-                    await repository.save_result(db, job.id, result)
-    except Upstream as exc:
+                    if not await repository.save_result(db, job.id, result, job.attempts):
+                        raise LostClaim
+    except LostClaim:
+        raise
+    except (Upstream, *UNAVAILABLE) as exc:
+        # The model endpoint or the database went away: try again later, a few times. (When
+        # the database is still down this write fails too; the sweep then queues the job
+        # again once its heartbeat is stale.)
         retry = job.attempts < runtime.settings.pipeline.ingest_max_attempts
-        await _finish(runtime, job.id, JobStatus.queued if retry else JobStatus.failed, exc.detail)
+        reason = exc.detail if isinstance(exc, Upstream) else f"database unavailable: {exc!r}"
+        await _finish(runtime, job, JobStatus.queued if retry else JobStatus.failed, reason)
         raise
     except AppError as exc:
-        await _finish(runtime, job.id, JobStatus.failed, exc.detail)
+        await _finish(runtime, job, JobStatus.failed, exc.detail)
         raise
     except Exception as exc:
-        await _finish(runtime, job.id, JobStatus.failed, f"internal error: {exc!r}")
+        await _finish(runtime, job, JobStatus.failed, f"internal error: {exc!r}")
         raise
-    await _finish(runtime, job.id, JobStatus.succeeded, None)
+    await _finish(runtime, job, JobStatus.succeeded, None)
     return await get_job(runtime, job.tenant_id, job.id)
 
 
 async def _finish(
-    runtime: Runtime, job_id: uuid.UUID, status: JobStatus, error: str | None
+    runtime: Runtime, job: IngestionJob, status: JobStatus, error: str | None
 ) -> None:
     async with transaction(runtime.sessions) as db:
-        await repository.finish(db, job_id, status, error)
+        await repository.finish(db, job.id, status, error, job.attempts)
 
 
 async def _extract_all(runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -> list[Extraction]:

@@ -1,6 +1,6 @@
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -43,7 +43,13 @@ async def claim(session: AsyncSession, job_id: uuid.UUID) -> TrainingJob | None:
     return await session.scalar(
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued)
-        .values(status=JobStatus.running, started_at=now, heartbeat_at=now)
+        .values(
+            status=JobStatus.running,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=TrainingJob.attempts + 1,
+            error=None,
+        )
         .returning(TrainingJob)
     )
 
@@ -67,21 +73,27 @@ async def cancel_if_queued(session: AsyncSession, job_id: uuid.UUID) -> bool:
 
 
 async def heartbeat(
-    session: AsyncSession, job_id: uuid.UUID, metrics: dict[str, Any] | None, log_lines: list[str]
-) -> bool:
-    """Record liveness and progress; returns whether a cancel was requested."""
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    attempt: int,
+    metrics: dict[str, Any] | None,
+    log_lines: list[str],
+) -> bool | None:
+    """Record liveness and progress; returns whether a cancel was requested, or None when
+    the run numbered ``attempt`` no longer holds the job (the sweep queued it again)."""
     values: dict[str, Any] = {"heartbeat_at": datetime.now(UTC)}
     if metrics is not None:
         values["metrics"] = metrics
     if log_lines:
         values["logs"] = TrainingJob.logs + "".join(line + "\n" for line in log_lines)
+    held = (TrainingJob.status == JobStatus.running) & (TrainingJob.attempts == attempt)
     cancel = await session.scalar(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id)
+        .where(TrainingJob.id == job_id, held)
         .values(**values)
         .returning(TrainingJob.cancel_requested)
     )
-    return bool(cancel)
+    return cancel
 
 
 async def finish(
@@ -122,3 +134,29 @@ async def episodes_with_feedback(
         }
         for episode, feedback in rows.all()
     ]
+
+
+async def requeue_stale(
+    session: AsyncSession, stale_after: timedelta, max_attempts: int
+) -> Sequence[uuid.UUID]:
+    """Running jobs without a heartbeat for ``stale_after`` lost their worker: queue them
+    again (training starts over), or fail those that have had ``max_attempts`` runs."""
+    stale = (TrainingJob.status == JobStatus.running) & (
+        TrainingJob.heartbeat_at < datetime.now(UTC) - stale_after
+    )
+    await session.execute(
+        update(TrainingJob)
+        .where(stale, TrainingJob.attempts >= max_attempts)
+        .values(
+            status=JobStatus.failed,
+            finished_at=datetime.now(UTC),
+            error=f"its worker stopped mid-run in each of its {max_attempts} runs",
+        )
+    )
+    queued = await session.scalars(
+        update(TrainingJob)
+        .where(stale)
+        .values(status=JobStatus.queued, error="its worker stopped mid-run; queued again")
+        .returning(TrainingJob.id)
+    )
+    return queued.all()

@@ -37,6 +37,7 @@ class TrainingJobRead(BaseModel):
     activate: str
     status: str
     cancel_requested: bool
+    attempts: int
     heartbeat_at: datetime | None
     metrics: dict[str, Any] | None
     log_tail: str
@@ -59,6 +60,7 @@ class TrainingJobRead(BaseModel):
             activate=job.activate,
             status=job.status,
             cancel_requested=job.cancel_requested,
+            attempts=job.attempts or 0,
             heartbeat_at=job.heartbeat_at,
             metrics=job.metrics,
             log_tail="\n".join(job.logs.splitlines()[-tail_lines:]),

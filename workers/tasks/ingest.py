@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from celery import Task, shared_task
 
-from app.core.db import create_engine, session_factory, transaction
+from app.core.db import UNAVAILABLE, create_engine, session_factory, transaction
 from app.core.errors import Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
@@ -23,10 +23,13 @@ async def _process(job_id: uuid.UUID) -> str | None:
     rt = await runtime()
     try:
         job = await ingestion.process_job(rt, job_id)
-    except Upstream as exc:
-        log.warning("ingestion %s: model unavailable: %s", job_id, exc.detail)
-        async with transaction(rt.sessions) as db:
-            row = await repository.get_job(db, job_id)
+    except (Upstream, *UNAVAILABLE) as exc:
+        log.warning("ingestion %s: %s", job_id, getattr(exc, "detail", repr(exc)))
+        try:
+            async with transaction(rt.sessions) as db:
+                row = await repository.get_job(db, job_id)
+        except UNAVAILABLE:
+            return None  # still down: the sweep queues the job again once it is back
         return row.status if row else None
     return job.status if job else None
 

@@ -99,8 +99,15 @@ async def train_job(
         alive = process.is_alive()
         progress.take(events)
         async with transaction(sessions) as db:
-            cancel = await repository.heartbeat(db, job_id, progress.metrics, progress.logs)
+            cancel = await repository.heartbeat(
+                db, job_id, job.attempts, progress.metrics, progress.logs
+            )
         progress.logs = []
+        if cancel is None:  # queued again by the sweep: another run owns it now
+            log.warning("training job %s was queued again while it ran; stopping", job_id)
+            process.terminate()
+            process.join()
+            return
         if cancel and alive:
             process.terminate()
             process.join()
