@@ -130,6 +130,15 @@ async def _require(db: AsyncSession, tenant_id: uuid.UUID, memory_id: uuid.UUID)
     return memory
 
 
+async def _require_locked(db: AsyncSession, tenant_id: uuid.UUID, memory_id: uuid.UUID) -> Memory:
+    """The memory as it is once this transaction holds its user's lock: read again after
+    the lock, so a write that committed while we waited is not overwritten."""
+    memory = await _require(db, tenant_id, memory_id)
+    await repository.lock_user(db, tenant_id, memory.user_id)
+    await db.refresh(memory)
+    return memory
+
+
 async def _owner(db: AsyncSession, memory: Memory) -> str:
     user = await users_service.require_user_by_id(db, memory.tenant_id, memory.user_id)
     return user.external_id
@@ -154,8 +163,7 @@ async def update_manual(
     if body.text is not None:
         check_text(body.text, limits)
         [embedding] = await embedder.embed([body.text])
-    memory = await _require(db, tenant_id, memory_id)
-    await repository.lock_user(db, tenant_id, memory.user_id)
+    memory = await _require_locked(db, tenant_id, memory_id)
     if memory.deleted_at is not None:
         raise Conflict(f"memory {memory_id} is deleted; add a new memory instead")
     before = snapshot(memory)
@@ -174,8 +182,7 @@ async def update_manual(
 
 
 async def delete_manual(db: AsyncSession, tenant_id: uuid.UUID, memory_id: uuid.UUID) -> None:
-    memory = await _require(db, tenant_id, memory_id)
-    await repository.lock_user(db, tenant_id, memory.user_id)
+    memory = await _require_locked(db, tenant_id, memory_id)
     if memory.deleted_at is not None:
         raise Conflict(f"memory {memory_id} is already deleted")
     before = snapshot(memory)

@@ -1,5 +1,6 @@
 """The memory bank through the API: list, semantic search, add, read, edit, delete, history."""
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
@@ -8,8 +9,10 @@ import httpx
 import pytest
 
 from app.core.config import Settings
+from app.core.runtime import Runtime
+from app.memories import repository as memories_repository
 from tests.api.helpers import assert_error, assert_forbidden, assert_unauthorised
-from tests.conftest import TenantKeys
+from tests.conftest import TenantKeys, make_tenant
 
 
 async def add_memory(
@@ -476,3 +479,62 @@ class TestMemoryHistory:
         versions = [(e["after"] or {}).get("version") for e in history]
         assert versions == [1, 2, 3, None]
         assert [e["created_at"] for e in history] == sorted(e["created_at"] for e in history)
+
+
+class TestEditsWaitingForTheLock:
+    """A manual edit reads the memory again once it holds the user's lock, so what was
+    committed while it waited is what it edits."""
+
+    async def _held_while(
+        self, runtime: Runtime, client: httpx.AsyncClient, edit: Any, change: Any
+    ) -> tuple[httpx.Response, list[dict[str, Any]], TenantKeys]:
+        tenant = await make_tenant(runtime, f"lock-{uuid.uuid4().hex[:6]}")
+        r = await client.post("/users/race/memories", json={"text": "v0"}, headers=tenant.memory)
+        assert r.status_code == 201, r.text
+        memory_id = uuid.UUID(r.json()["id"])
+        async with runtime.sessions() as other:
+            memory = await memories_repository.get(other, tenant.tenant_id, memory_id)
+            assert memory is not None
+            await memories_repository.lock_user(other, tenant.tenant_id, memory.user_id)
+            pending = asyncio.create_task(edit(client, memory_id, tenant))
+            await asyncio.sleep(0.3)  # the request has read the row and waits for the lock
+            assert not pending.done()
+            await change(other, memory)
+            await other.commit()
+        response = await pending
+        history = await client.get(f"/memories/{memory_id}/history", headers=tenant.memory)
+        return response, history.json(), tenant
+
+    async def test_a_delete_after_a_delete_is_a_conflict(
+        self, committed_client: httpx.AsyncClient, committed_runtime: Runtime
+    ) -> None:
+        async def delete(client: httpx.AsyncClient, memory_id: uuid.UUID, tenant: TenantKeys):
+            return await client.delete(f"/memories/{memory_id}", headers=tenant.memory)
+
+        async def deleted_meanwhile(db: Any, memory: Any) -> None:
+            await memories_repository.soft_delete(db, memory)
+
+        response, history, _ = await self._held_while(
+            committed_runtime, committed_client, delete, deleted_meanwhile
+        )
+        assert_error(response, 409, "conflict", "already deleted")
+        assert [e["op"] for e in history] == ["ADD"]  # the other writer recorded no event
+
+    async def test_an_update_builds_on_the_update_before_it(
+        self, committed_client: httpx.AsyncClient, committed_runtime: Runtime
+    ) -> None:
+        async def update(client: httpx.AsyncClient, memory_id: uuid.UUID, tenant: TenantKeys):
+            return await client.patch(
+                f"/memories/{memory_id}", json={"speaker": "Bob"}, headers=tenant.memory
+            )
+
+        async def renamed_meanwhile(db: Any, memory: Any) -> None:
+            await memories_repository.update_text(db, memory, text_="v1")
+
+        response, history, _ = await self._held_while(
+            committed_runtime, committed_client, update, renamed_meanwhile
+        )
+        assert response.status_code == 200, response.text
+        # The update kept the text committed while it waited, and counted its version.
+        assert response.json()["text"] == "v1" and response.json()["version"] == 3
+        assert history[-1]["before"]["text"] == "v1"
