@@ -120,3 +120,20 @@ async def requeue_stale(session: AsyncSession, stale_after: timedelta) -> Sequen
         .returning(IngestionJob.id)
     )
     return stale.all()
+
+
+async def requeue_failed(
+    session: AsyncSession, job_id: uuid.UUID, tenant_id: uuid.UUID
+) -> IngestionJob | None:
+    """A failed job queued again with fresh attempts (it resumes after its last processed
+    turn); None when the tenant has no such failed job."""
+    return await session.scalar(
+        update(IngestionJob)
+        .where(
+            IngestionJob.id == job_id,
+            IngestionJob.tenant_id == tenant_id,
+            IngestionJob.status == JobStatus.failed,
+        )
+        .values(status=JobStatus.queued, attempts=0, finished_at=None)
+        .returning(IngestionJob)
+    )

@@ -16,7 +16,7 @@ from typing import Any
 
 from app.adapters import service as adapters
 from app.core.db import UNAVAILABLE, transaction
-from app.core.errors import AppError, NotFound, Upstream
+from app.core.errors import AppError, Conflict, NotFound, Upstream
 from app.core.runtime import Runtime
 from app.episodes import repository as episodes
 from app.episodes.views import fact_json, view_json
@@ -47,6 +47,21 @@ async def get_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
         if job is None:
             raise NotFound(f"ingestion job {job_id} not found")
         return IngestionRead.from_job(job)
+
+
+async def retry_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> IngestionRead:
+    """Queue a failed job again (its error stays until the next run starts) and send it."""
+    async with transaction(runtime.sessions) as db:
+        job = await repository.requeue_failed(db, job_id, tenant_id)
+        if job is None:
+            current = await repository.get_job(db, job_id, tenant_id)
+            if current is None:
+                raise NotFound(f"ingestion job {job_id} not found")
+            raise Conflict(
+                f"ingestion job {job_id} is {current.status}; only a failed job is retried"
+            )
+    await asyncio.to_thread(runtime.enqueue_ingestion, job.id)
+    return IngestionRead.from_job(job)
 
 
 async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | None:

@@ -160,3 +160,20 @@ async def requeue_stale(
         .returning(TrainingJob.id)
     )
     return queued.all()
+
+
+async def requeue_ended(
+    session: AsyncSession, job_id: uuid.UUID, tenant_id: uuid.UUID
+) -> TrainingJob | None:
+    """A failed or cancelled job queued again to run from the start; None when the tenant
+    has no such job."""
+    return await session.scalar(
+        update(TrainingJob)
+        .where(
+            TrainingJob.id == job_id,
+            TrainingJob.tenant_id == tenant_id,
+            TrainingJob.status.in_([JobStatus.failed, JobStatus.cancelled]),
+        )
+        .values(status=JobStatus.queued, attempts=0, cancel_requested=False, finished_at=None)
+        .returning(TrainingJob)
+    )

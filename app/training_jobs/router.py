@@ -40,6 +40,14 @@ async def cancel_training_job(
     return await service.cancel(db, principal.tenant_id, job_id)
 
 
+@router.post("/training-jobs/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED)
+async def retry_training_job(
+    job_id: uuid.UUID, principal: AdminPrincipal, runtime: RuntimeDep
+) -> TrainingJobRead:
+    """Queue a failed or cancelled job again; it trains from the start."""
+    return await service.retry(runtime, principal.tenant_id, job_id)
+
+
 @router.get("/training-params")
 async def training_params(principal: AdminPrincipal) -> dict[str, str]:
     """Every GRPO parameter a job accepts in ``params``, with its meaning."""

@@ -100,3 +100,18 @@ async def cancel(db: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> T
         await repository.request_cancel(db, tenant_id, job_id)
     await db.refresh(job)
     return TrainingJobRead.from_job(job)
+
+
+async def retry(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> TrainingJobRead:
+    async with transaction(runtime.sessions) as db:
+        job = await repository.requeue_ended(db, job_id, tenant_id)
+        if job is None:
+            current = await repository.get(db, job_id, tenant_id)
+            if current is None:
+                raise NotFound(f"training job {job_id} not found")
+            raise Conflict(
+                f"training job {job_id} is {current.status}; only a failed or cancelled job "
+                "is retried"
+            )
+    await asyncio.to_thread(runtime.enqueue_training, job.id)
+    return TrainingJobRead.from_job(job)

@@ -1,4 +1,4 @@
-"""POST/GET /admin/training-jobs and cancel: auth, validation, tenant isolation, enqueueing."""
+"""POST/GET /admin/training-jobs, cancel and retry: auth, validation, tenants, enqueueing."""
 
 import uuid
 from pathlib import Path
@@ -141,6 +141,22 @@ class TestReadAndCancel:
         assert first.json()["status"] == "cancelled"
         again = await client.post(path, headers=tenant_a.admin)
         assert again.status_code == 409
+
+    async def test_retry_a_cancelled_job(self, client, tenant_a, tenant_b, queued):
+        created = (
+            await client.post("/admin/training-jobs", json=job_body(), headers=tenant_a.admin)
+        ).json()
+        retry = f"/admin/training-jobs/{created['id']}/retry"
+        running = await client.post(retry, headers=tenant_a.admin)
+        assert running.status_code == 409 and "only a failed or cancelled" in running.text
+        await client.post(f"/admin/training-jobs/{created['id']}/cancel", headers=tenant_a.admin)
+        assert (await client.post(retry, headers=tenant_b.admin)).status_code == 404
+        queued.training.clear()
+        again = await client.post(retry, headers=tenant_a.admin)
+        assert again.status_code == 202, again.text
+        job = again.json()
+        assert job["status"] == "queued" and job["attempts"] == 0 and not job["cancel_requested"]
+        assert queued.training == [uuid.UUID(created["id"])]
 
     async def test_params_help(self, client, tenant_a):
         response = await client.get("/admin/training-params", headers=tenant_a.admin)
