@@ -14,6 +14,22 @@ from typing import Any, get_args, get_origin, get_type_hints
 AGENTS = ("answer", "manager")
 REWARDS = ("em", "f1")
 
+# Upper bounds of the numeric parameters: far above anything useful, low enough that no request
+# can ask a worker for a run that never ends or an allocation that cannot succeed.
+AT_MOST: dict[str, float] = {
+    "lora_alpha": 4096,
+    "max_steps": 100_000,
+    "num_generations": 64,
+    "per_device_train_batch_size": 256,
+    "gradient_accumulation_steps": 1024,
+    "max_prompt_length": 32_768,
+    "max_completion_length": 4096,
+    "beta": 10.0,
+    "temperature": 10.0,
+    "max_train_rows": 1_000_000,
+    "seed": 2**32 - 1,
+}
+
 
 @dataclass(frozen=True)
 class GRPOJobConfig:
@@ -120,8 +136,25 @@ class GRPOJobConfig:
         # them first so the range checks below compare numbers, never a str with an int.
         for name, hint in get_type_hints(type(self)).items():
             object.__setattr__(self, name, _coerce(name, hint, getattr(self, name)))
-        for check in (self._check_choices, self._check_lora, self._check_optimisation):
+        for check in (
+            self._check_choices,
+            self._check_lora,
+            self._check_optimisation,
+            self._check_upper_bounds,
+        ):
             check()
+
+    def _check_upper_bounds(self) -> None:
+        for name, most in AT_MOST.items():
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ValueError(f"{name} must be at most {most:g}, got {value}.")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}.")
+        if len(self.target_modules) > 64:
+            raise ValueError(
+                f"target_modules names at most 64 modules, got {len(self.target_modules)}."
+            )
 
     def _check_choices(self) -> None:
         if self.agent not in AGENTS:

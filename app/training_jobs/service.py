@@ -31,15 +31,20 @@ def dataset_path(roots: list[Path], name: str, path: str) -> str:
     return str(resolved)
 
 
-def _check(body: TrainingJobCreate, roots: list[Path]) -> TrainingJobCreate:
+def _check(body: TrainingJobCreate, roots: list[Path], max_rank: int) -> TrainingJobCreate:
     """``body`` with its dataset paths resolved, or Unprocessable saying what to fix."""
     try:
         # Paths are chosen by the worker; placeholders let the rest of the config be checked now.
-        GRPOJobConfig.from_params(
+        config = GRPOJobConfig.from_params(
             body.params, agent=body.agent, output_dir=Path("."), base_model_dir=Path(".")
         )
     except (TypeError, ValueError) as exc:
         raise Unprocessable(f"params: {exc}") from exc
+    if config.lora_r > max_rank:
+        raise Unprocessable(
+            f"params: lora_r {config.lora_r} is above the largest rank serving loads "
+            f"(MEMR1_LLM__MAX_LORA_RANK={max_rank}); the adapter could never be activated"
+        )
     if body.source == "dataset" and not body.dataset:
         raise Unprocessable("source 'dataset' needs 'dataset': a LoCoMo-format JSON file path")
     if body.activate == "if_better" and not body.validation_dataset:
@@ -56,7 +61,7 @@ async def create_job(
     runtime: Runtime, tenant_id: uuid.UUID, body: TrainingJobCreate
 ) -> TrainingJobRead:
     """Store the job, commit, then enqueue it."""
-    body = _check(body, runtime.settings.dataset_roots)
+    body = _check(body, runtime.settings.dataset_roots, runtime.settings.llm.max_lora_rank)
     async with transaction(runtime.sessions) as db:
         job = await repository.add(
             db,

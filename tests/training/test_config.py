@@ -86,6 +86,24 @@ class TestFromParams:
         ({"beta": -0.1}, "beta must be >= 0"),
         ({"temperature": 0}, "temperature must be > 0"),
         ({"max_train_rows": 0}, "max_train_rows must be >= 1"),
+        ({"max_steps": 10**9}, "max_steps must be at most 100000"),
+        (
+            {"num_generations": 128, "per_device_train_batch_size": 128},
+            "num_generations must be at most 64",
+        ),
+        ({"max_completion_length": 10**6}, "max_completion_length must be at most 4096"),
+        ({"max_prompt_length": 10**6}, "max_prompt_length must be at most 32768"),
+        (
+            {"gradient_accumulation_steps": 10**6},
+            "gradient_accumulation_steps must be at most 1024",
+        ),
+        ({"lora_alpha": 10**6}, "lora_alpha must be at most 4096"),
+        ({"temperature": 1e9}, "temperature must be at most 10"),
+        ({"beta": 1e9}, "beta must be at most 10"),
+        ({"max_train_rows": 10**9}, "max_train_rows must be at most 1e"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"seed": 2**40}, "seed must be at most"),
+        ({"target_modules": ["q_proj"] * 65}, "at most 64 modules"),
     ],
 )
 def test_invalid_values_are_explained(params: dict[str, object], message: str) -> None:

@@ -83,6 +83,13 @@ class TestCreate:
         assert response.status_code == 202, response.text
         assert response.json()["dataset"] == str(Path(TRAIN).resolve())
 
+    async def test_a_rank_serving_cannot_load_is_refused(self, client, tenant_a, settings):
+        rank = settings.llm.max_lora_rank * 2
+        body = job_body(params={"lora_r": rank, "lora_alpha": rank})
+        response = await client.post("/admin/training-jobs", json=body, headers=tenant_a.admin)
+        assert response.status_code == 422
+        assert "MEMR1_LLM__MAX_LORA_RANK" in response.json()["detail"]
+
     async def test_dataset_source_needs_a_dataset(self, client, tenant_a):
         body = job_body(dataset=None)
         response = await client.post("/admin/training-jobs", json=body, headers=tenant_a.admin)
