@@ -2,6 +2,7 @@
 is a cache that is filled on demand and reconciled on start."""
 
 import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -18,6 +19,8 @@ from app.core.runtime import Runtime
 from app.llm.backend import validate_adapter_dir
 from app.models import Adapter, AdapterStatus, Agent
 from app.tenants import repository as tenants
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_loaded(runtime: Runtime, adapter: Adapter) -> str:
@@ -49,17 +52,37 @@ async def check_choice(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choic
 
 
 async def resolve(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> str | None:
-    """The adapter name to serve ``agent`` with (loaded on demand): None for the base model."""
+    """The adapter name to serve ``agent`` with (loaded on demand): None for the base model,
+    which also serves 'active' while the active adapter is one serving failed to load at
+    start (the error is in the log; activating an adapter again clears it)."""
     async with transaction(runtime.sessions) as db:
         adapter = await _chosen(db, tenant_id, agent, choice)
-    return None if adapter is None else await ensure_loaded(runtime, adapter)
+    if adapter is None or (choice == "active" and adapter.id in runtime.unloadable_adapters):
+        return None
+    return await ensure_loaded(runtime, adapter)
 
 
 async def reconcile(runtime: Runtime) -> list[str]:
-    """Load every active adapter into this process's backend (on start)."""
+    """Load every active adapter into this process's backend (on start). One that fails to
+    load is logged and its tenant's agent stays on the base model: one bad adapter never
+    stops the API for every tenant."""
     async with transaction(runtime.sessions) as db:
         active = await repository.all_active(db)
-    return [await ensure_loaded(runtime, adapter) for adapter in active]
+    loaded = []
+    for adapter in active:
+        try:
+            loaded.append(await ensure_loaded(runtime, adapter))
+        except Exception as exc:
+            runtime.unloadable_adapters.add(adapter.id)
+            log.error(
+                "active %s adapter %s of tenant %s cannot be loaded, serving the base model "
+                "instead: %s",
+                adapter.agent,
+                adapter.id,
+                adapter.tenant_id,
+                getattr(exc, "detail", repr(exc)),
+            )
+    return loaded
 
 
 async def list_adapters(
@@ -104,17 +127,23 @@ async def set_active(db: AsyncSession, adapter: Adapter) -> None:
 
 
 async def activate(runtime: Runtime, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> AdapterRead:
-    """The database pointer moves first (committed); then this process's serving side loads
-    the adapter. Requests already running finish on the adapter they started with; other
-    processes load it on their next request for that agent."""
+    """This process's serving side loads the adapter first, so one that serving refuses is
+    never made active; then the database pointer moves (committed). Requests already running
+    finish on the adapter they started with; other processes load it on their next request
+    for that agent."""
     async with transaction(runtime.sessions) as db:
         adapter = await repository.get(db, tenant_id, adapter_id)
         if adapter is None:
             raise NotFound(f"adapter {adapter_id} not found")
-        if not Path(adapter.path, "adapter_config.json").is_file():
-            raise Conflict(f"adapter {adapter_id} has no adapter_config.json at {adapter.path}")
-        await set_active(db, adapter)
+    if not Path(adapter.path, "adapter_config.json").is_file():
+        raise Conflict(f"adapter {adapter_id} has no adapter_config.json at {adapter.path}")
     await ensure_loaded(runtime, adapter)
+    async with transaction(runtime.sessions) as db:
+        adapter = await repository.get(db, tenant_id, adapter_id)
+        if adapter is None:
+            raise NotFound(f"adapter {adapter_id} not found")
+        await set_active(db, adapter)
+    runtime.unloadable_adapters.discard(adapter.id)
     return AdapterRead.model_validate(adapter, from_attributes=True)
 
 

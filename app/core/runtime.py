@@ -30,6 +30,8 @@ class Runtime:
     enqueue_training: Enqueue = _no_queue
     # adapter name -> path, of what this process's backend has loaded
     loaded_adapters: dict[str, str] = field(default_factory=dict)
+    # active adapters that failed to load at start: their agents serve the base model
+    unloadable_adapters: set[uuid.UUID] = field(default_factory=set)
 
     async def close(self) -> None:
         await self.llm.close()

@@ -10,7 +10,7 @@ from app import cli
 from app.adapters import repository
 from app.adapters import service as adapters
 from app.core.config import get_settings
-from app.core.errors import AppError, NotFound
+from app.core.errors import AppError, NotFound, Unprocessable
 from tests.conftest import make_tenant
 
 
@@ -134,6 +134,53 @@ class TestActivate:
         loaded = await adapters.reconcile(runtime)
         assert first.name in loaded
         assert first.name in fake_llm.adapters
+
+    async def test_an_adapter_serving_refuses_is_never_made_active(
+        self, client, runtime, fake_llm, tenant_a, two_adapters, monkeypatch
+    ):
+        first, _ = two_adapters
+
+        async def refuse(name, path):
+            raise Unprocessable(f"adapter at {path} has rank 128; this server loads up to 64")
+
+        monkeypatch.setattr(fake_llm, "load_adapter", refuse)
+        response = await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_a.admin)
+        assert response.status_code == 422 and "rank 128" in response.json()["detail"]
+        async with runtime.sessions() as db:
+            assert await repository.get_active(db, tenant_a.tenant_id, "answer") is None
+
+    async def test_an_active_adapter_that_fails_at_start_leaves_the_base_model(
+        self, runtime, fake_llm, tenant_a, tenant_b, two_adapters, monkeypatch, caplog, tmp_path
+    ):
+        first, _ = two_adapters
+        healthy = await register(
+            runtime,
+            tenant_b.tenant_id,
+            f"answer-ok-{uuid.uuid4().hex[:6]}",
+            adapter_dir(tmp_path, "ok"),
+        )
+        async with runtime.sessions() as db:
+            await adapters.set_active(db, await repository.get(db, tenant_a.tenant_id, first.id))
+            await adapters.set_active(db, await repository.get(db, tenant_b.tenant_id, healthy.id))
+            await db.commit()
+        loads = fake_llm.load_adapter
+
+        async def broken_first(name, path):
+            if name == first.name:
+                raise Unprocessable(f"{path}: weights are corrupt")
+            await loads(name, path)
+
+        monkeypatch.setattr(fake_llm, "load_adapter", broken_first)
+        runtime.loaded_adapters.clear()
+        loaded = await adapters.reconcile(runtime)  # does not raise
+        assert healthy.name in loaded and first.name not in loaded
+        assert "cannot be loaded, serving the base model" in caplog.text
+        assert await adapters.resolve(runtime, tenant_a.tenant_id, "answer", "active") is None
+        assert (
+            await adapters.resolve(runtime, tenant_b.tenant_id, "answer", "active") == healthy.name
+        )
+        with pytest.raises(Unprocessable):  # asked for by id, it still says why it cannot serve
+            await adapters.resolve(runtime, tenant_a.tenant_id, "answer", str(first.id))
 
 
 async def test_make_tenant_helper_gives_distinct_tenants(runtime):
