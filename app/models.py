@@ -44,7 +44,8 @@ def _tenant_fk() -> Mapped[uuid.UUID]:
 
 
 def _user_fk() -> Mapped[uuid.UUID]:
-    return mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Indexed on its own: erasing a user cascades through every table by this column.
+    return mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
 def _created() -> Mapped[datetime]:
@@ -198,7 +199,7 @@ class MemoryEvent(Base):
     before: Mapped[dict[str, Any] | None]
     after: Mapped[dict[str, Any] | None]
     episode_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("episodes.id", ondelete="SET NULL")
+        ForeignKey("episodes.id", ondelete="SET NULL"), index=True
     )
     actor: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = _created()
@@ -209,7 +210,9 @@ class Episode(Base):
     __table_args__ = (Index("ix_episodes_tenant_agent", "tenant_id", "agent", "created_at"),)
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     agent: Mapped[str] = mapped_column(String(16))
     prompt_version: Mapped[str] = mapped_column(String(64))
     input: Mapped[dict[str, Any]]
@@ -243,7 +246,9 @@ class IngestionJob(Base):
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()
     user_id: Mapped[uuid.UUID] = _user_fk()
-    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
     turn_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
     manager_adapter: Mapped[str] = mapped_column(String(64), default="active")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
@@ -278,7 +283,7 @@ class TrainingJob(Base):
     logs: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
     adapter_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("adapters.id", ondelete="SET NULL", use_alter=True)
+        ForeignKey("adapters.id", ondelete="SET NULL", use_alter=True), index=True
     )
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
@@ -307,7 +312,7 @@ class Adapter(Base):
     validation_metrics: Mapped[dict[str, Any] | None]
     status: Mapped[str] = mapped_column(String(16), default=AdapterStatus.candidate)
     training_job_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("training_jobs.id", ondelete="SET NULL")
+        ForeignKey("training_jobs.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = _created()
     activated_at: Mapped[datetime | None]

@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from app.core.db import alembic_config, head_revision, sync_url, upgrade_to_head
 from app.models import Base
@@ -102,3 +102,34 @@ class TestMigrations:
         one_active = index_definition(empty_url, "uq_adapters_one_active")
         assert one_active is not None and one_active.startswith("CREATE UNIQUE INDEX")
         assert "(tenant_id, agent)" in one_active and "'active'" in one_active
+
+    def test_every_foreign_key_is_indexed(self, empty_url: str) -> None:
+        """A delete of the referenced row (erasing a user or a tenant cascades through every
+        table) finds the referencing rows through an index, not a scan of the table."""
+        upgrade_to_head(empty_url)
+        engine = create_engine(sync_url(empty_url), poolclass=pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                unindexed = (
+                    conn.execute(
+                        text(
+                            """
+                        SELECT c.conrelid::regclass::text || '.' || a.attname
+                        FROM pg_constraint c
+                        JOIN pg_attribute a
+                          ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+                        WHERE c.contype = 'f' AND cardinality(c.conkey) = 1
+                          AND NOT EXISTS (
+                            SELECT 1 FROM pg_index i
+                            WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1]
+                          )
+                        ORDER BY 1
+                        """
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+        finally:
+            engine.dispose()
+        assert unindexed == [], "\n".join(unindexed)
