@@ -87,6 +87,8 @@ class AdapterStatus(StrEnum):
     candidate = "candidate"
     active = "active"
     retired = "retired"
+    # trained on the episodes of a user who was erased since: never served again
+    withdrawn = "withdrawn"
 
 
 class Tenant(Base):
@@ -265,7 +267,10 @@ class IngestionJob(Base):
 
 class TrainingJob(Base):
     __tablename__ = "training_jobs"
-    __table_args__ = (Index("ix_training_jobs_status", "status"),)
+    __table_args__ = (
+        Index("ix_training_jobs_status", "status"),
+        Index("ix_training_jobs_trained_on_users", "trained_on_users", postgresql_using="gin"),
+    )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()
     agent: Mapped[str] = mapped_column(String(16))
@@ -278,6 +283,10 @@ class TrainingJob(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the users whose episodes the run trained on (source=episodes)
+    trained_on_users: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(UUID(as_uuid=True)), default=list, server_default="{}"
+    )
     heartbeat_at: Mapped[datetime | None]
     metrics: Mapped[dict[str, Any] | None]
     logs: Mapped[str] = mapped_column(Text, default="")

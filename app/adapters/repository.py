@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Adapter, AdapterStatus
+from app.models import Adapter, AdapterStatus, TrainingJob
 
 
 async def get(session: AsyncSession, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter | None:
@@ -71,3 +71,20 @@ async def set_active(session: AsyncSession, adapter: Adapter) -> None:
         .values(status=AdapterStatus.active, activated_at=now)
     )
     await session.refresh(adapter)
+
+
+async def withdraw_trained_on(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> Sequence[Adapter]:
+    """Withdraw every adapter of the tenant trained on the user's episodes (an active one
+    leaves its agent on the base model)."""
+    trained = select(TrainingJob.id).where(
+        TrainingJob.tenant_id == tenant_id, TrainingJob.trained_on_users.contains([user_id])
+    )
+    withdrawn = await session.scalars(
+        update(Adapter)
+        .where(Adapter.tenant_id == tenant_id, Adapter.training_job_id.in_(trained))
+        .values(status=AdapterStatus.withdrawn)
+        .returning(Adapter)
+    )
+    return withdrawn.all()

@@ -40,6 +40,8 @@ async def _chosen(
     adapter = await repository.get(db, tenant_id, uuid.UUID(choice))
     if adapter is None or adapter.agent != agent:
         raise NotFound(f"no {agent} adapter with id {choice}")
+    if adapter.status == AdapterStatus.withdrawn:
+        raise Conflict(f"adapter {choice} was withdrawn: it was trained on an erased user's data")
     return adapter
 
 
@@ -135,6 +137,10 @@ async def activate(runtime: Runtime, tenant_id: uuid.UUID, adapter_id: uuid.UUID
         adapter = await repository.get(db, tenant_id, adapter_id)
         if adapter is None:
             raise NotFound(f"adapter {adapter_id} not found")
+    if adapter.status == AdapterStatus.withdrawn:
+        raise Conflict(
+            f"adapter {adapter_id} was withdrawn: it was trained on the data of an erased user"
+        )
     if not Path(adapter.path, "adapter_config.json").is_file():
         raise Conflict(f"adapter {adapter_id} has no adapter_config.json at {adapter.path}")
     await ensure_loaded(runtime, adapter)

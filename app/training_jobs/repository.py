@@ -127,6 +127,7 @@ async def episodes_with_feedback(
     return [
         {
             "id": str(episode.id),
+            "user_id": str(episode.user_id) if episode.user_id else None,
             "agent": episode.agent,
             "input": episode.input,
             "output": episode.parsed,
@@ -176,4 +177,10 @@ async def requeue_ended(
         )
         .values(status=JobStatus.queued, attempts=0, cancel_requested=False, finished_at=None)
         .returning(TrainingJob)
+    )
+
+
+async def record_users(session: AsyncSession, job_id: uuid.UUID, user_ids: list[uuid.UUID]) -> None:
+    await session.execute(
+        update(TrainingJob).where(TrainingJob.id == job_id).values(trained_on_users=user_ids)
     )

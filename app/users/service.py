@@ -2,6 +2,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.adapters import repository as adapters
 from app.core.errors import NotFound
 from app.models import User
 from app.users import repository
@@ -15,8 +16,11 @@ async def require_user(session: AsyncSession, tenant_id: uuid.UUID, external_id:
 
 
 async def erase_user(session: AsyncSession, tenant_id: uuid.UUID, external_id: str) -> None:
-    """Erase everything of a user: turns, sessions, memories, history, episodes, feedback, jobs."""
+    """Erase everything of a user: turns, sessions, memories, history, episodes, feedback, jobs;
+    and withdraw the adapters trained on the user's episodes, so that nothing learned from
+    them is served again (an agent whose active adapter goes serves the base model)."""
     user = await require_user(session, tenant_id, external_id)
+    await adapters.withdraw_trained_on(session, tenant_id, user.id)
     await repository.delete_user(session, user.id)
 
 

@@ -1,10 +1,17 @@
 """DELETE /users/{id}: erasure of everything stored about a user."""
 
+import uuid
+from pathlib import Path
+
 import httpx
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Base, Feedback, User
+from app.adapters import repository as adapters_repository
+from app.adapters import service as adapters
+from app.core.db import transaction
+from app.core.runtime import Runtime
+from app.models import Base, Feedback, TrainingJob, User
 from tests.api.helpers import Stored, assert_error, assert_forbidden, assert_unauthorised, populate
 from tests.conftest import TenantKeys
 from tests.fixtures.fake_llm import FakeLLM
@@ -130,3 +137,71 @@ class TestEraseUser:
         assert r.status_code == 201, r.text
         page = (await client.get("/users/alice/memories", headers=tenant_a.memory)).json()
         assert [m["text"] for m in page["items"]] == ["new"]
+
+    async def test_adapters_trained_on_the_user_are_withdrawn(
+        self,
+        client: httpx.AsyncClient,
+        runtime: Runtime,
+        tenant_a: TenantKeys,
+        fake_llm: FakeLLM,
+        db: AsyncSession,
+        tmp_path: Path,
+    ) -> None:
+        alice = await populate(client, tenant_a, fake_llm, db, "alice")
+        bob = await populate(client, tenant_a, fake_llm, db, "bob")
+
+        async def trained_on(name: str, users: list[uuid.UUID], active: bool) -> uuid.UUID:
+            path = tmp_path / name
+            path.mkdir()
+            (path / "adapter_config.json").write_text("{}")
+            async with transaction(runtime.sessions) as session:
+                job = TrainingJob(
+                    tenant_id=tenant_a.tenant_id,
+                    agent="answer",
+                    algorithm="grpo",
+                    source="episodes",
+                    params={},
+                    activate="always",
+                    status="succeeded",
+                    cancel_requested=False,
+                    trained_on_users=users,
+                    logs="",
+                )
+                session.add(job)
+                await session.flush()
+                adapter = await adapters.register_candidate(
+                    session,
+                    tenant_id=tenant_a.tenant_id,
+                    agent="answer",
+                    name=name,
+                    base_model="fake-model",
+                    path=str(path),
+                    rank=8,
+                    validation_metrics=None,
+                    training_job_id=job.id,
+                )
+                if active:
+                    await adapters.set_active(session, adapter)
+                return adapter.id
+
+        with_alice = await trained_on("with-alice", [alice.user_id, bob.user_id], active=True)
+        bob_only = await trained_on("bob-only", [bob.user_id], active=False)
+
+        assert (await client.delete("/users/alice", headers=tenant_a.admin)).status_code == 204
+
+        listed = (await client.get("/admin/adapters", headers=tenant_a.admin)).json()
+        status = {a["id"]: a["status"] for a in listed}
+        assert status[str(with_alice)] == "withdrawn" and status[str(bob_only)] == "candidate"
+        async with transaction(runtime.sessions) as session:  # the agent is on the base model
+            assert (
+                await adapters_repository.get_active(session, tenant_a.tenant_id, "answer") is None
+            )
+        r = await client.post(f"/admin/adapters/{with_alice}/activate", headers=tenant_a.admin)
+        assert_error(r, 409, "conflict", "withdrawn", "erased user")
+        fake_llm.push({"selected": [], "answer": "?"})
+        r = await client.post(
+            "/ask",
+            json={"user_id": "bob", "question": "Pets?", "answer_adapter": str(with_alice)},
+            headers=tenant_a.memory,
+        )
+        assert_error(r, 409, "conflict", "withdrawn")

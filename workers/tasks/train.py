@@ -64,6 +64,8 @@ async def _spec(db: AsyncSession, settings: Settings, job: TrainingJob) -> JobSp
         episodes = await repository.episodes_with_feedback(
             db, job.tenant_id, job.agent, MAX_EPISODES
         )
+        users = sorted({uuid.UUID(e["user_id"]) for e in episodes if e["user_id"]})
+        await repository.record_users(db, job.id, users)
     active = await adapters_repository.get_active(db, job.tenant_id, job.agent)
     name = f"{job.agent}-{job.id.hex[:12]}"
     return JobSpec(
