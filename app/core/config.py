@@ -124,12 +124,12 @@ class PipelineSettings(BaseModel):
         5.0, gt=0, description="How often a worker records that a job it runs is alive."
     )
     stale_after_s: float = Field(
-        60.0,
+        30.0,
         gt=0,
         description="A running ingestion or training job without a heartbeat for this long has "
         "lost its worker; the workers' sweep queues it again.",
     )
-    sweep_every_s: float = Field(15.0, gt=0, description="How often each worker sweeps.")
+    sweep_every_s: float = Field(10.0, gt=0, description="How often each worker sweeps.")
     training_max_attempts: int = Field(
         2,
         ge=1,
