@@ -13,8 +13,18 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from fastapi import FastAPI
 
-from app.core.db import EmbeddedPostgres
+from app.core.config import Settings
+from app.core.db import EmbeddedPostgres, create_engine, session_factory, transaction
+from app.core.runtime import Runtime
+from app.embeddings import InProcessEmbedder
+from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
+from app.llm.inprocess import InProcessBackend
+from app.main import create_app
+from app.models import Scope
+from app.tenants import service as tenants
+from workers.celery_app import INGEST_TASK, create_celery, send
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -106,3 +116,31 @@ def recreate_database(url: str, database: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{database}"')
+
+
+async def bench_api(
+    settings: Settings, max_batch_size: int
+) -> tuple[Runtime, FastAPI, dict[str, str]]:
+    """The API in process over ``settings``' database, with the bundled model, ingestion
+    sent to real Celery workers, and the headers of a new tenant's memory key."""
+    assert settings.database_url
+    model_dir = ensure_bundled_gguf(settings.data_dir, settings.llm.weights)
+    engine = create_engine(settings.database_url)
+    celery = create_celery(settings)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        embedder=InProcessEmbedder(),
+        llm=InProcessBackend(
+            model_dir, BUNDLED_MODEL_NAME, max_batch_size=max_batch_size, max_lora_rank=64
+        ),
+        enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
+    )
+    async with transaction(runtime.sessions) as db:
+        issued = await tenants.create_key(
+            db, tenant_id=None, name="bench", scopes=[Scope.memory], tenant_name="bench"
+        )
+    app = create_app(settings, runtime)
+    app.state.runtime = runtime
+    return runtime, app, {"Authorization": f"Bearer {issued.plaintext}"}

@@ -26,17 +26,12 @@ import httpx
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.core.db import create_engine, session_factory, transaction, upgrade_to_head
-from app.core.runtime import Runtime
-from app.embeddings import InProcessEmbedder
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
-from app.llm.inprocess import InProcessBackend
-from app.main import create_app
-from app.models import Agent, Episode, IngestionJob, Memory, Scope
+from app.core.db import transaction, upgrade_to_head
+from app.models import Agent, Episode, IngestionJob, Memory
 from app.supervise import Supervisor
-from app.tenants import service as tenants
 from bench.common import (
     Target,
+    bench_api,
     embedded_database,
     print_targets,
     recreate_database,
@@ -44,7 +39,6 @@ from bench.common import (
 )
 from bench.ingest import CONV26, REPO
 from training.eval.loaders import load_locomo
-from workers.celery_app import INGEST_TASK, create_celery, send
 
 TIMEOUT_S = 1800
 
@@ -59,25 +53,8 @@ async def main(args: argparse.Namespace) -> int:
     recreate_database(url, "bench_faults")
     upgrade_to_head(url)
     settings = Settings(database_url=url, data_dir=Path(args.data_dir))
-    engine = create_engine(url)
-    celery = create_celery(settings)
-    model_dir = ensure_bundled_gguf(settings.data_dir, settings.llm.weights)
     # The API only stores turns and reports jobs here: the worker runs the model.
-    runtime = Runtime(
-        settings=settings,
-        engine=engine,
-        sessions=session_factory(engine),
-        embedder=InProcessEmbedder(),
-        llm=InProcessBackend(model_dir, BUNDLED_MODEL_NAME, max_batch_size=1, max_lora_rank=64),
-        enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
-    )
-    async with transaction(runtime.sessions) as db:
-        issued = await tenants.create_key(
-            db, tenant_id=None, name="bench", scopes=[Scope.memory], tenant_name="bench"
-        )
-    headers = {"Authorization": f"Bearer {issued.plaintext}"}
-    app = create_app(settings, runtime)
-    app.state.runtime = runtime
+    runtime, app, headers = await bench_api(settings, max_batch_size=1)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

@@ -27,17 +27,13 @@ from sqlalchemy import func, select
 from tqdm import tqdm
 
 from app.core.config import Settings
-from app.core.db import create_engine, session_factory, transaction, upgrade_to_head
+from app.core.db import transaction, upgrade_to_head
 from app.core.runtime import Runtime
-from app.embeddings import InProcessEmbedder
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
-from app.llm.inprocess import InProcessBackend
-from app.main import create_app
-from app.models import Episode, IngestionJob, Memory, MemoryEvent, Scope
-from app.tenants import service as tenants
+from app.models import Episode, IngestionJob, Memory, MemoryEvent
 from bench.common import (
     OUT_DIR,
     Target,
+    bench_api,
     embedded_database,
     print_targets,
     recreate_database,
@@ -45,7 +41,6 @@ from bench.common import (
     write_json,
 )
 from training.eval.loaders import load_locomo
-from workers.celery_app import INGEST_TASK, create_celery, send
 
 REPO = Path(__file__).resolve().parents[1]
 CONV26 = REPO.parent / "shared" / "data" / "locomo" / "locomo_train_conv26.json"
@@ -212,24 +207,7 @@ async def main(args: argparse.Namespace) -> int:
     upgrade_to_head(url)
     data_dir = Path(args.data_dir)
     settings = Settings(database_url=url, data_dir=data_dir)
-    model_dir = ensure_bundled_gguf(data_dir, settings.llm.weights)
-    engine = create_engine(url)
-    celery = create_celery(settings)
-    runtime = Runtime(
-        settings=settings,
-        engine=engine,
-        sessions=session_factory(engine),
-        embedder=InProcessEmbedder(),
-        llm=InProcessBackend(model_dir, BUNDLED_MODEL_NAME, max_batch_size=4, max_lora_rank=64),
-        enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
-    )
-    async with transaction(runtime.sessions) as db:
-        issued = await tenants.create_key(
-            db, tenant_id=None, name="bench", scopes=[Scope.memory], tenant_name="bench"
-        )
-    headers = {"Authorization": f"Bearer {issued.plaintext}"}
-    app = create_app(settings, runtime)
-    app.state.runtime = runtime
+    runtime, app, headers = await bench_api(settings, max_batch_size=4)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     worker = start_worker(settings, OUT_DIR / "ingest-worker.log")
     try:
