@@ -128,26 +128,30 @@ async def set_active(db: AsyncSession, adapter: Adapter) -> None:
     await repository.set_active(db, adapter)
 
 
+async def _activatable(db: AsyncSession, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter:
+    adapter = await repository.get(db, tenant_id, adapter_id)
+    if adapter is None:
+        raise NotFound(f"adapter {adapter_id} not found")
+    if adapter.status == AdapterStatus.withdrawn:
+        raise Conflict(
+            f"adapter {adapter_id} was withdrawn: it was trained on the data of an erased user"
+        )
+    return adapter
+
+
 async def activate(runtime: Runtime, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> AdapterRead:
     """This process's serving side loads the adapter first, so one that serving refuses is
     never made active; then the database pointer moves (committed). Requests already running
     finish on the adapter they started with; other processes load it on their next request
     for that agent."""
     async with transaction(runtime.sessions) as db:
-        adapter = await repository.get(db, tenant_id, adapter_id)
-        if adapter is None:
-            raise NotFound(f"adapter {adapter_id} not found")
-    if adapter.status == AdapterStatus.withdrawn:
-        raise Conflict(
-            f"adapter {adapter_id} was withdrawn: it was trained on the data of an erased user"
-        )
+        adapter = await _activatable(db, tenant_id, adapter_id)
     if not Path(adapter.path, "adapter_config.json").is_file():
         raise Conflict(f"adapter {adapter_id} has no adapter_config.json at {adapter.path}")
     await ensure_loaded(runtime, adapter)
     async with transaction(runtime.sessions) as db:
-        adapter = await repository.get(db, tenant_id, adapter_id)
-        if adapter is None:
-            raise NotFound(f"adapter {adapter_id} not found")
+        # Read again: an erasure may have withdrawn it while serving loaded it.
+        adapter = await _activatable(db, tenant_id, adapter_id)
         await set_active(db, adapter)
     runtime.unloadable_adapters.discard(adapter.id)
     return AdapterRead.model_validate(adapter, from_attributes=True)
