@@ -77,6 +77,12 @@ class LLMSettings(BaseModel):
     max_batch_size: int = Field(
         8, ge=1, le=64, description="inprocess: requests decoded together (llama.cpp sequences)."
     )
+    adapter_idle_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="inprocess: free a LoRA adapter's weights after this many seconds unused; "
+        "its next request loads them again from the converted file. Unset: never.",
+    )
 
 
 class EmbeddingSettings(BaseModel):

@@ -31,6 +31,7 @@ def build_backend(settings: Settings) -> LLMBackend:
                 llm.max_lora_rank,
                 context_tokens=llm.context_tokens,
                 threads=llm.threads,
+                adapter_idle_s=llm.adapter_idle_s,
             )
         case LLMBackendKind.openai:
             return OpenAICompatBackend(

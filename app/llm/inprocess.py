@@ -135,10 +135,15 @@ class _Sequence:
     used: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Lora:
+    """A loaded adapter. Its weights are freed after ``adapter_idle_s`` unused and loaded
+    again by its next request; only the scheduler thread touches ``handle`` and ``used``."""
+
     path: Path
-    handle: Any  # llama_adapter_lora_p
+    gguf: Path
+    handle: Any | None  # llama_adapter_lora_p; None while freed for being idle
+    used: float
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -161,8 +166,10 @@ class InProcessBackend:
         *,
         context_tokens: int = 16384,
         threads: int | None = None,
+        adapter_idle_s: float | None = None,
     ) -> None:
         self.base_model = base_model
+        self._adapter_idle_s = adapter_idle_s
         self._max_lora_rank = max_lora_rank
         self._gguf = find_gguf(model_dir)
         self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
@@ -246,6 +253,10 @@ class InProcessBackend:
     async def loaded_adapters(self) -> set[str]:
         return set(self._loras)
 
+    def resident_adapters(self) -> set[str]:
+        """The loaded adapters whose weights are in memory now (not freed for being idle)."""
+        return {name for name, lora in self._loras.items() if lora.handle is not None}
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -288,8 +299,9 @@ class InProcessBackend:
         try:
             while True:
                 running = [s.job for s in self._sequences if s.job is not None]
+                self._free_idle_adapters()
                 if not pending and not running:
-                    pending.append(self._queue.get())
+                    pending.append(self._next_job())
                 while not self._queue.empty():
                     pending.append(self._queue.get_nowait())
                 self._admit(pending)
@@ -305,6 +317,48 @@ class InProcessBackend:
             self._ctx.close()
             self._model.close()
 
+    def _next_job(self) -> _Job | _Stop:
+        """Wait for the next queued job, freeing adapters that fall idle meanwhile."""
+        while True:
+            resident = [lora.used for lora in self._loras.values() if lora.handle is not None]
+            if self._adapter_idle_s is None or not resident:
+                return self._queue.get()
+            due = min(resident) + self._adapter_idle_s - time.perf_counter()
+            try:
+                return self._queue.get(timeout=max(due, 0.001))
+            except queue.Empty:
+                self._free_idle_adapters()
+
+    def _free_idle_adapters(self) -> None:
+        """Free the weights of adapters unused for ``adapter_idle_s`` that no running request
+        needs. Cached prompts computed under them stay valid: the same weights come back."""
+        if self._adapter_idle_s is None:
+            return
+        now = time.perf_counter()
+        busy = {s.job.adapter for s in self._sequences if s.job is not None}
+        for name, lora in self._loras.items():
+            if lora.handle is None or name in busy or now - lora.used < self._adapter_idle_s:
+                continue
+            if self._active_lora == name:
+                self._use_adapter(None)
+            llama_cpp.llama_adapter_lora_free(lora.handle)
+            lora.handle = None
+            logger.info("freed LoRA adapter %s, unused for %.0f s", name, now - lora.used)
+
+    def _resident(self, name: str) -> None:
+        """Load the weights of adapter ``name`` again if they were freed for being idle."""
+        lora = self._loras[name]
+        lora.used = time.perf_counter()
+        if lora.handle is not None:
+            return
+        handle = llama_cpp.llama_adapter_lora_init(self._model.model, str(lora.gguf).encode())
+        if not handle:
+            raise BadUpstreamResponse(
+                f"adapter {name!r} could not be loaded again from {lora.path}"
+            )
+        lora.handle = handle
+        logger.info("loaded LoRA adapter %s again", name)
+
     def _run_call(self, job: _Call) -> None:
         try:
             job.resolve(job.fn())
@@ -318,14 +372,18 @@ class InProcessBackend:
             if head.future.cancelled():
                 pending.popleft()
                 continue
-            if head.adapter is not None and head.adapter not in self._loras:
-                pending.popleft()
-                head.resolve(
-                    error=BadUpstreamResponse(
-                        f"adapter {head.adapter!r} is not loaded (loaded: {sorted(self._loras)})"
-                    )
-                )
-                continue
+            if head.adapter is not None:
+                try:
+                    if head.adapter not in self._loras:
+                        raise BadUpstreamResponse(
+                            f"adapter {head.adapter!r} is not loaded "
+                            f"(loaded: {sorted(self._loras)})"
+                        )
+                    self._resident(head.adapter)
+                except BadUpstreamResponse as exc:
+                    pending.popleft()
+                    head.resolve(error=exc)
+                    continue
             sequence = self._free_sequence(head)
             if sequence is None:
                 return
@@ -400,6 +458,8 @@ class InProcessBackend:
         if not running:
             return
         adapter = min(running, key=lambda job: job.stepped).adapter
+        if adapter is not None:
+            self._loras[adapter].used = time.perf_counter()
         group = [job for job in running if job.adapter == adapter]
         # Decoding rows first: each needs a single slot, and they are what callers wait on.
         group.sort(key=lambda job: job.fed < len(job.prompt))
@@ -507,7 +567,9 @@ class InProcessBackend:
         if name is None:
             code = llama_cpp.llama_set_adapters_lora(self._ctx.ctx, None, 0, None)
         else:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._loras[name].handle)
+            handle = self._loras[name].handle
+            assert handle is not None  # an admitted request's adapter is resident
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
             scales = (ctypes.c_float * 1)(1.0)
             code = llama_cpp.llama_set_adapters_lora(self._ctx.ctx, handles, 1, scales)
         if code != 0:
@@ -521,7 +583,7 @@ class InProcessBackend:
         if not handle:
             raise Unprocessable(f"adapter at {path} does not fit {self.base_model}")
         self._unload(name)  # same name, new weights: replace
-        self._loras = {**self._loras, name: _Lora(path, handle)}
+        self._loras = {**self._loras, name: _Lora(path, gguf, handle, time.perf_counter())}
         logger.info("loaded LoRA adapter %s from %s", name, path)
 
     def _unload(self, name: str) -> None:
@@ -535,7 +597,8 @@ class InProcessBackend:
         if self._active_lora == name:
             self._use_adapter(None)
         self._loras = {k: v for k, v in self._loras.items() if k != name}
-        llama_cpp.llama_adapter_lora_free(lora.handle)
+        if lora.handle is not None:
+            llama_cpp.llama_adapter_lora_free(lora.handle)
         logger.info("unloaded LoRA adapter %s", name)
 
 

@@ -263,6 +263,35 @@ class TestAdapters:
         finally:
             await exact.close()
 
+    async def test_an_idle_adapter_is_freed_and_its_next_request_loads_it_again(
+        self, serving_model_dir: Path, random_lora_dir: Path
+    ) -> None:
+        async def two_replies(
+            backend: InProcessBackend, pause_s: float
+        ) -> tuple[list[str], set[str]]:
+            await backend.load_adapter("idle", str(random_lora_dir))
+            first = await backend.complete(FACT, adapter="idle", max_tokens=12)
+            await asyncio.sleep(pause_s)
+            resident = backend.resident_adapters()
+            again = await backend.complete(FACT, adapter="idle", max_tokens=12)
+            assert again.adapter == "idle" and backend.resident_adapters() == {"idle"}
+            return [first.text, again.text], resident
+
+        freeing = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 16, adapter_idle_s=0.2)
+        keeping = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 16)
+        try:
+            freed, resident_after_pause = await two_replies(freeing, 1.0)
+            kept, _ = await two_replies(keeping, 0.0)
+            assert await freeing.loaded_adapters() == {"idle"}
+        finally:
+            await freeing.close()
+            await keeping.close()
+        # Freed while idle, still listed as loaded, and loaded again by the next request with
+        # the same weights: the same calls on a backend that never freed it give the same
+        # replies.
+        assert resident_after_pause == set()
+        assert freed == kept
+
     async def test_loading_twice_is_idempotent(
         self, backend: InProcessBackend, random_lora_dir: Path
     ) -> None:
