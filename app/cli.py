@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -125,14 +126,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.tasks.ingest import resume_queued
 
     queues = args.queues.split(",")
+    name = args.name or f"{'+'.join(queues)}@{socket.gethostname()}"
     if settings.database_url:
         if INGEST_QUEUE in queues:
             stale_after = timedelta(seconds=settings.pipeline.stale_after_s)
-            resumed = resume_queued(settings.database_url, stale_after)
+            resumed = resume_queued(settings.database_url, stale_after, name)
             if resumed:
                 log.info("re-sent %d queued ingestion jobs", resumed)
         start_sweeper(settings)
-    argv = ["worker", "-Q", ",".join(queues), "--pool", args.pool, "-l", settings.log_level]
+    argv = ["worker", "-Q", ",".join(queues), "-n", name, "--pool", args.pool]
+    argv += ["-l", settings.log_level]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     get_celery().worker_main(argv)
@@ -250,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--queues", default="ingest", help="comma-separated: ingest,training")
     worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.add_argument(
+        "--name",
+        help="this worker's name, unique among running workers (default: QUEUES@HOST); jobs a "
+        "worker of this name was running when it stopped are resumed at once when it starts",
+    )
     worker.add_argument("--concurrency", type=int)
     worker.set_defaults(func=cmd_worker)
 

@@ -262,6 +262,9 @@ class IngestionJob(Base):
     # Set on claim and every few seconds while a worker runs it: a running job whose heartbeat
     # is old has lost its worker (see ``repository.requeue_stale``).
     heartbeat_at: Mapped[datetime | None]
+    # The name of the worker that claimed it: a worker of that name starting again queues the
+    # job again at once, without waiting for its heartbeat to go stale.
+    worker: Mapped[str | None] = mapped_column(String(255))
     finished_at: Mapped[datetime | None]
 
 

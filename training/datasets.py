@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from app.episodes.views import fact_from_json, fact_json
 from app.memory.answer import split_per_speaker
 from app.memory.prompts import answer_messages, format_date, manager_messages, mentions
 from app.memory.schemas import Fact, MemoryView, rekey
@@ -58,20 +59,6 @@ def memory_from_dict(raw: Mapping[str, Any]) -> MemoryView:
     return MemoryView(
         key=str(raw.get("key") or ""),
         id=uuid.UUID(str(raw["id"])),
-        text=str(raw["text"]),
-        speaker=raw.get("speaker"),
-        occurred_at=datetime.fromisoformat(at) if at else None,
-    )
-
-
-def fact_to_dict(fact: Fact) -> dict[str, str | None]:
-    at = fact.occurred_at.isoformat() if fact.occurred_at is not None else None
-    return {"text": fact.text, "speaker": fact.speaker, "occurred_at": at}
-
-
-def fact_from_dict(raw: Mapping[str, Any]) -> Fact:
-    at = raw.get("occurred_at")
-    return Fact(
         text=str(raw["text"]),
         speaker=raw.get("speaker"),
         occurred_at=datetime.fromisoformat(at) if at else None,
@@ -231,7 +218,7 @@ def manager_row(
 ) -> Row:
     return {
         "prompt": manager_messages(fact, candidates),
-        "fact": fact_to_dict(fact),
+        "fact": fact_json(fact),
         "candidates": [memory_to_dict(m) for m in candidates],
         "bank": [memory_to_dict(m) for m in bank],
         "speakers": list(speakers),
@@ -361,7 +348,7 @@ def _manager_episode_row(episode: Mapping[str, Any], feedback: Mapping[str, Any]
     data = episode["input"]
     candidates = [memory_from_dict(m) for m in data["candidates"]]
     return manager_row(
-        fact_from_dict(data["fact"]),
+        fact_from_json(data["fact"]),
         candidates,
         candidates,
         question=str(question),

@@ -16,11 +16,12 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from app.episodes.views import fact_from_json
 from app.memory.answer import parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
 from app.memory.prompts import ANSWER_MAX_CHARS, ANSWER_MAX_SELECTED, MANAGER_MAX_OPERATIONS
 from app.memory.schemas import MemoryView
-from training.datasets import fact_from_dict, memory_from_dict
+from training.datasets import memory_from_dict
 from training.eval.metrics import locomo_f1, score_answer
 
 RewardFunc = Callable[..., list[float]]
@@ -251,7 +252,7 @@ def _apply(
     if malformed_reason(value) is not None:
         return bank
     operations, _ = validate_operations(value, candidates)
-    return apply_to_bank(bank, operations, fact=fact_from_dict(fact))
+    return apply_to_bank(bank, operations, fact=fact_from_json(fact))
 
 
 def _answer_unique(

@@ -20,13 +20,14 @@ from typing import Any
 
 from app.core.config import get_settings
 from app.core.errors import BadUpstreamResponse
+from app.episodes.views import fact_from_json
 from app.llm.bundled import serving_dir
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
 from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, MANAGER_MAX_TOKENS, MANAGER_SCHEMA
 from app.memory.schemas import MemoryView
-from training.datasets import Retriever, fact_from_dict, load_encoder, memory_from_dict
+from training.datasets import Retriever, load_encoder, memory_from_dict
 from training.eval.metrics import AnswerScores, score_answer
 
 CANDIDATE_ADAPTER = "candidate"
@@ -174,7 +175,7 @@ async def _manager_row(
     ops = ["INVALID"]
     if malformed_reason(parsed) is None:
         operations, _ = validate_operations(parsed, candidates)
-        bank = apply_to_bank(bank, operations, fact=fact_from_dict(row["fact"]))
+        bank = apply_to_bank(bank, operations, fact=fact_from_json(row["fact"]))
         ops = [op.kind.value for op in operations] or ["NOOP"]
     memories = retriever.for_answer(row["question"], bank, row["speakers"])
     # The frozen Answer Agent: the base model, whatever adapter the Manager runs with.

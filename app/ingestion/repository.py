@@ -42,14 +42,31 @@ async def get_job(
     return await session.scalar(query)
 
 
-async def claim(session: AsyncSession, job_id: uuid.UUID) -> IngestionJob | None:
-    """Queued -> running, at most once per delivery; None when someone else has it."""
+async def claim(
+    session: AsyncSession, job_id: uuid.UUID, worker: str | None = None
+) -> IngestionJob | None:
+    """Queued -> running for the first unfinished job of ``job_id``'s session (turns are
+    ingested in the order they were posted): that job, which may be an earlier one than
+    ``job_id``; None when the first unfinished job is already running (or none is left).
+    Claimed at most once per delivery, recording ``worker``, the claiming worker's name."""
+    first = (
+        select(IngestionJob.id)
+        .where(
+            IngestionJob.session_id
+            == select(IngestionJob.session_id).where(IngestionJob.id == job_id).scalar_subquery(),
+            IngestionJob.status.in_([JobStatus.queued, JobStatus.running]),
+        )
+        .order_by(IngestionJob.created_at, IngestionJob.id)
+        .limit(1)
+        .scalar_subquery()
+    )
     return await session.scalar(
         update(IngestionJob)
-        .where(IngestionJob.id == job_id, IngestionJob.status == JobStatus.queued)
+        .where(IngestionJob.id == first, IngestionJob.status == JobStatus.queued)
         .values(
             status=JobStatus.running,
             attempts=IngestionJob.attempts + 1,
+            worker=worker,
             started_at=datetime.now(UTC),
             heartbeat_at=datetime.now(UTC),
             error=None,
@@ -109,13 +126,20 @@ async def queued_job_ids(session: AsyncSession) -> Sequence[uuid.UUID]:
     return (await session.scalars(query.order_by(IngestionJob.created_at))).all()
 
 
-async def requeue_stale(session: AsyncSession, stale_after: timedelta) -> Sequence[uuid.UUID]:
+async def requeue_stale(
+    session: AsyncSession, stale_after: timedelta, worker: str | None = None
+) -> Sequence[uuid.UUID]:
     """Running jobs without a heartbeat for ``stale_after`` lost their worker (killed, or its
-    machine went away): queue them again. They resume after their last recorded turn."""
+    machine went away): queue them again. So are, at once, the running jobs of ``worker``,
+    a worker that is starting and so no longer runs them. They resume after their last
+    recorded fact."""
     cutoff = datetime.now(UTC) - stale_after
+    lost = IngestionJob.heartbeat_at < cutoff
+    if worker is not None:
+        lost |= IngestionJob.worker == worker
     stale = await session.scalars(
         update(IngestionJob)
-        .where(IngestionJob.status == JobStatus.running, IngestionJob.heartbeat_at < cutoff)
+        .where(IngestionJob.status == JobStatus.running, lost)
         .values(status=JobStatus.queued, error="its worker stopped mid-run; queued again")
         .returning(IngestionJob.id)
     )

@@ -1,25 +1,29 @@
 """Stage 1 of the pipeline: turns -> facts -> Manager operations -> the memory bank.
 
-A job is claimed once (queued -> running), processes its turns in order and records progress
-after each turn, so a retry after a failure resumes where it stopped. Facts are extracted for
-a window of turns at once (extraction reads only its own turn, so the calls are independent
-and the model batches them); the Manager then decides fact by fact, in turn order, because
-each decision reads the bank the previous ones wrote. No transaction is open while a model
-runs: read, release, call, write."""
+A session's jobs run in the order they were posted, each claimed once (queued -> running).
+Facts are extracted for a window of turns at once (extraction reads only its own turn, so the
+calls are independent and the model batches them); the Manager then decides fact by fact, in
+turn order, because each decision reads the bank the previous ones wrote. Progress is recorded
+in the transaction that writes what it records (a window's extractions, each fact's
+operations), so a job resumed after any failure or kill goes on from where it stopped, and
+applies no fact twice. No transaction is open while a model runs: read, release, call, write."""
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import service as adapters
 from app.core.db import UNAVAILABLE, transaction
 from app.core.errors import AppError, Conflict, NotFound, Upstream
 from app.core.runtime import Runtime
 from app.episodes import repository as episodes
-from app.episodes.views import fact_json, view_json
+from app.episodes.views import fact_from_json, fact_json, view_json
 from app.ingestion import repository
 from app.ingestion.schemas import IngestionRead
 from app.memories import repository as memories
@@ -64,26 +68,48 @@ async def retry_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -
     return IngestionRead.from_job(job)
 
 
-async def process_job(runtime: Runtime, job_id: uuid.UUID) -> IngestionRead | None:
-    """Run one ingestion job; None when it is not queued (done, or another worker has it).
+async def process_job(
+    runtime: Runtime, job_id: uuid.UUID, worker: str | None = None
+) -> IngestionRead | None:
+    """Run ``job_id``'s session up to its end: its jobs in the order they were posted, from
+    the first unfinished one, each claimed (queued -> running) by ``worker``. Returns
+    ``job_id``'s outcome when this call ran it; None when it did not (the session's first
+    unfinished job is running elsewhere, whose worker goes on to the next ones, or it is done).
 
-    Raises Upstream when the model is unreachable: the job is then queued again for a retry,
-    or failed once it has used its attempts. While it runs, a heartbeat records that it is
+    Raises Upstream (or a database error) when the model or the database went away: that job
+    is then queued again for a retry, which also resumes the jobs after it, or failed once it
+    has used its attempts. A job that fails for good does not hold up the ones after it: they
+    run, and its error is raised at the end. While a job runs, a heartbeat records that it is
     alive; if the sweep queued it again meanwhile (its heartbeats stopped reaching the
-    database), this run stops without writing anything more and returns None."""
-    async with transaction(runtime.sessions) as db:
-        job = await repository.claim(db, job_id)
-        if job is None:
+    database), this call stops without writing anything more and returns None."""
+    outcome: IngestionRead | None = None
+    failure: Exception | None = None
+    while True:
+        async with transaction(runtime.sessions) as db:
+            job = await repository.claim(db, job_id, worker)
+            if job is None:
+                break
+            turns = await turns_repository.get_turns(db, job.tenant_id, job.turn_ids)
+        beat = asyncio.create_task(_heartbeat(runtime, job))
+        try:
+            done = await _run(runtime, job, turns)
+        except LostClaim:
+            log.warning("ingestion %s: queued again while this worker ran it; stopping", job.id)
             return None
-        turns = await turns_repository.get_turns(db, job.tenant_id, job.turn_ids)
-    beat = asyncio.create_task(_heartbeat(runtime, job))
-    try:
-        return await _run(runtime, job, turns)
-    except LostClaim:
-        log.warning("ingestion %s: queued again while this worker ran it; stopping", job.id)
-        return None
-    finally:
-        beat.cancel()
+        except (Upstream, *UNAVAILABLE):
+            raise
+        except Exception as exc:  # failed for good, with its error recorded
+            failure = failure or exc
+            done = await get_job(runtime, job.tenant_id, job.id)
+        finally:
+            beat.cancel()
+        if done.status == JobStatus.queued:  # queued again for a retry: it goes first
+            break
+        if job.id == job_id:
+            outcome = done
+    if failure is not None:
+        raise failure
+    return outcome
 
 
 class LostClaim(Exception):
@@ -102,7 +128,12 @@ async def _heartbeat(runtime: Runtime, job: IngestionJob) -> None:
             log.warning("ingestion %s: heartbeat failed: %r", job.id, exc)
 
 
-async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> IngestionRead | None:
+async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> IngestionRead:
+    """Process the job's turns after its last recorded progress. Progress is the turns done,
+    the facts extracted from the turns of the current window (stored with their extraction
+    episodes, so a resumed run does not extract them again) and how many of the first
+    pending turn's facts are done (stored with each fact's operations, in one transaction,
+    so a run killed at any point applies no fact twice)."""
     try:
         context = _Context(
             job=job,
@@ -111,30 +142,40 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
                 runtime, job.tenant_id, Agent.manager, job.manager_adapter
             ),
         )
-        result: dict[str, Any] = dict(job.result or {"processed_turns": 0, "operations": []})
-        window = runtime.settings.pipeline.extract_concurrency
-        remaining = turns[result["processed_turns"] :]
-        for start in range(0, len(remaining), window):
-            batch = remaining[start : start + window]
-            extractions = await _extract_all(runtime, context, batch)
-            for turn, extraction in zip(batch, extractions, strict=True):
-                await _log_extraction(runtime, context, turn, extraction)
-            for turn, extraction in zip(batch, extractions, strict=True):
-                for fact in extraction.facts:
-                    result["operations"] += await _manage_fact(runtime, context, turn, fact)
-                result["processed_turns"] += 1
-                async with transaction(runtime.sessions) as db:
-                    if not await repository.save_result(db, job.id, result, job.attempts):
-                        raise LostClaim
+        result: dict[str, Any] = {
+            "processed_turns": 0,
+            "operations": [],
+            "window": [],
+            "facts_done": 0,
+            **(job.result or {}),
+        }
+        by_id = {str(turn.id): turn for turn in turns}
+        size = runtime.settings.pipeline.extract_concurrency
+        while result["processed_turns"] < len(turns):
+            if not result["window"]:
+                batch = turns[result["processed_turns"] : result["processed_turns"] + size]
+                result = await _extract_window(runtime, context, batch, result)
+            turn = by_id[result["window"][0]["turn_id"]]
+            facts = [fact_from_json(f) for f in result["window"][0]["facts"]]
+            for fact in facts[result["facts_done"] :]:
+                result = await _manage_fact(runtime, context, turn, fact, result)
+            result = {
+                **result,
+                "processed_turns": result["processed_turns"] + 1,
+                "window": result["window"][1:],
+                "facts_done": 0,
+            }
+            async with transaction(runtime.sessions) as db:
+                await _save(db, job, result)
     except LostClaim:
         raise
     except (Upstream, *UNAVAILABLE) as exc:
-        # The model endpoint or the database went away: try again later, a few times. (When
-        # the database is still down this write fails too; the sweep then queues the job
-        # again once its heartbeat is stale.)
+        # The model endpoint or the database went away: try again later, a few times.
         retry = job.attempts < runtime.settings.pipeline.ingest_max_attempts
         reason = exc.detail if isinstance(exc, Upstream) else f"database unavailable: {exc!r}"
-        await _finish(runtime, job, JobStatus.queued if retry else JobStatus.failed, reason)
+        await _finish_when_reachable(
+            runtime, job, JobStatus.queued if retry else JobStatus.failed, reason
+        )
         raise
     except AppError as exc:
         await _finish(runtime, job, JobStatus.failed, exc.detail)
@@ -146,11 +187,52 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
     return await get_job(runtime, job.tenant_id, job.id)
 
 
+async def _save(db: AsyncSession, job: IngestionJob, result: dict[str, Any]) -> None:
+    """Record progress in ``db``'s transaction; LostClaim (rolling it back) when the sweep
+    took the job away from this run."""
+    if not await repository.save_result(db, job.id, result, job.attempts):
+        raise LostClaim
+
+
 async def _finish(
     runtime: Runtime, job: IngestionJob, status: JobStatus, error: str | None
 ) -> None:
     async with transaction(runtime.sessions) as db:
         await repository.finish(db, job.id, status, error, job.attempts)
+
+
+async def _finish_when_reachable(
+    runtime: Runtime, job: IngestionJob, status: JobStatus, error: str
+) -> None:
+    """``_finish``, tried again with backoff while the database is unreachable (restarting,
+    say), for up to ``stale_after_s``; after that the sweep queues the job again."""
+    deadline = time.monotonic() + runtime.settings.pipeline.stale_after_s
+    pause = 0.5
+    while True:
+        try:
+            return await _finish(runtime, job, status, error)
+        except UNAVAILABLE:
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+async def _extract_window(
+    runtime: Runtime, ctx: _Context, turns: Sequence[Turn], result: dict[str, Any]
+) -> dict[str, Any]:
+    """Extract the facts of ``turns`` and store them, with their episodes, as the window."""
+    extractions = await _extract_all(runtime, ctx, turns)
+    window = [
+        {"turn_id": str(turn.id), "facts": [fact_json(f) for f in extraction.facts]}
+        for turn, extraction in zip(turns, extractions, strict=True)
+    ]
+    result = {**result, "window": window, "facts_done": 0}
+    async with transaction(runtime.sessions) as db:
+        for turn, extraction in zip(turns, extractions, strict=True):
+            await _log_extraction(db, runtime, ctx, turn, extraction)
+        await _save(db, ctx.job, result)
+    return result
 
 
 async def _extract_all(runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -> list[Extraction]:
@@ -178,26 +260,27 @@ async def _extract_all(runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -
 
 
 async def _log_extraction(
-    runtime: Runtime, ctx: _Context, turn: Turn, extraction: Extraction
+    db: AsyncSession, runtime: Runtime, ctx: _Context, turn: Turn, extraction: Extraction
 ) -> None:
-    async with transaction(runtime.sessions) as db:
-        await episodes.add(
-            db,
-            tenant_id=ctx.job.tenant_id,
-            user_id=ctx.job.user_id,
-            agent=Agent.extractor,
-            prompt_version=EXTRACT_PROMPT_VERSION,
-            input_={"turn_id": str(turn.id), "speaker": turn.speaker, "text": turn.text},
-            completion=extraction.completion,
-            parsed={"facts": [fact_json(f) for f in extraction.facts]},
-            error=extraction.error,
-            model=runtime.llm.base_model,
-        )
+    await episodes.add(
+        db,
+        tenant_id=ctx.job.tenant_id,
+        user_id=ctx.job.user_id,
+        agent=Agent.extractor,
+        prompt_version=EXTRACT_PROMPT_VERSION,
+        input_={"turn_id": str(turn.id), "speaker": turn.speaker, "text": turn.text},
+        completion=extraction.completion,
+        parsed={"facts": [fact_json(f) for f in extraction.facts]},
+        error=extraction.error,
+        model=runtime.llm.base_model,
+    )
 
 
 async def _manage_fact(
-    runtime: Runtime, ctx: _Context, turn: Turn, fact: Fact
-) -> list[dict[str, Any]]:
+    runtime: Runtime, ctx: _Context, turn: Turn, fact: Fact, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Decide on one fact and apply the operations; the progress that follows (``result``
+    with this fact done) is recorded in the same transaction, and returned."""
     job = ctx.job
     [embedding] = await runtime.embedder.embed([fact.text])
     async with transaction(runtime.sessions) as db:
@@ -241,6 +324,12 @@ async def _manage_fact(
             source_turn_id=turn.id,
             episode_id=episode.id,
         )
+        result = {
+            **result,
+            "operations": result["operations"] + applied,
+            "facts_done": result["facts_done"] + 1,
+        }
+        await _save(db, job, result)
     if decision.rejected or stale:
         log.info(
             "episode %s: %d rejected, %d stale operations",
@@ -248,4 +337,4 @@ async def _manage_fact(
             len(decision.rejected),
             len(stale),
         )
-    return applied
+    return result

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from app.episodes.views import fact_from_json, fact_json
 from app.memory.prompts import answer_messages, manager_messages
 from app.memory.schemas import Fact, MemoryView
 from tests.conftest import SHARED_DATA
 from training.datasets import (
     Retriever,
     answer_rows_from_locomo,
-    fact_from_dict,
-    fact_to_dict,
     load_encoder,
     manager_rows_from_locomo,
     memory_from_dict,
@@ -68,7 +67,7 @@ class TestSerialisation:
 
     def test_fact_round_trip(self) -> None:
         fact = Fact("Ann moved.", "Ann", datetime(2023, 5, 2, 13, 5, tzinfo=UTC))
-        assert fact_from_dict(fact_to_dict(fact)) == fact
+        assert fact_from_json(fact_json(fact)) == fact
 
 
 class TestRetriever:
@@ -141,7 +140,7 @@ class TestManagerRows:
 
     def test_state_is_the_bank_before_the_new_fact(self, manager_rows: list[dict]) -> None:
         for row in manager_rows:
-            fact = fact_from_dict(row["fact"])
+            fact = fact_from_json(row["fact"])
             bank = [memory_from_dict(m) for m in row["bank"]]
             assert all(m.occurred_at <= fact.occurred_at for m in bank)
             assert fact.text not in {m.text for m in bank}
@@ -197,7 +196,7 @@ class TestEpisodes:
         assert len(Dataset.from_list(rows)) == 3
 
     def test_manager_episodes_need_a_question_and_gold(self) -> None:
-        fact = fact_to_dict(Fact("Ann moved to Paris.", "Ann", None))
+        fact = fact_json(Fact("Ann moved to Paris.", "Ann", None))
         base = {"agent": "manager", "input": {"fact": fact, "candidates": self.MEMORIES}}
         episodes = [
             {**base, "feedback": {"question": "Where does Ann live?", "gold_answer": "Paris"}},

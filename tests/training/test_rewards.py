@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.episodes.views import fact_json
 from app.memory.schemas import Fact, MemoryView, as_views, rekey
-from training.datasets import fact_to_dict, memory_to_dict
+from training.datasets import memory_to_dict
 from training.rewards import (
     answer_format_reward,
     answer_format_score,
@@ -206,7 +207,7 @@ def retrieve_all(
 
 def manager_columns(n: int) -> dict[str, list[object]]:
     return {
-        "fact": [fact_to_dict(FACT)] * n,
+        "fact": [fact_json(FACT)] * n,
         "candidates": [[memory_to_dict(m) for m in CANDIDATES]] * n,
         "bank": [[memory_to_dict(m) for m in BANK]] * n,
         "speakers": [["Ann", "Bob"]] * n,

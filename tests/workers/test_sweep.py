@@ -137,10 +137,10 @@ async def test_a_run_that_lost_its_job_stops_writing(committed_runtime):
     async with transaction(runtime.sessions) as db:
         job = await db.get(IngestionJob, stored.job_id)
         kept = (await db.scalars(select(Memory).where(Memory.tenant_id == tenant.tenant_id))).all()
-    # The first fact's operation was written with its decision, before the progress record
-    # that found the job gone; nothing after it.
+    # The first fact's operation is written with its progress record, which found the job
+    # gone: nothing was written.
     assert job.status == JobStatus.queued and job.result["processed_turns"] == 0
-    assert len(kept) == 1 and runtime.llm.manager_calls == 1
+    assert kept == [] and runtime.llm.manager_calls == 1
     # The next run (the one the sweep sent) picks the job up.
     runtime.llm = FakeLLM(responder=fact_per_turn)
     result = await ingestion.process_job(runtime, stored.job_id)

@@ -18,11 +18,11 @@ from workers.runtime import run, runtime
 log = logging.getLogger(__name__)
 
 
-async def _process(job_id: uuid.UUID) -> str | None:
+async def _process(job_id: uuid.UUID, worker: str | None) -> str | None:
     """The job's status after this attempt, or None when it was not ours to run."""
     rt = await runtime()
     try:
-        job = await ingestion.process_job(rt, job_id)
+        job = await ingestion.process_job(rt, job_id, worker)
     except (Upstream, *UNAVAILABLE) as exc:
         log.warning("ingestion %s: %s", job_id, getattr(exc, "detail", repr(exc)))
         try:
@@ -36,7 +36,7 @@ async def _process(job_id: uuid.UUID) -> str | None:
 
 @shared_task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest(self: Task, job_id: str) -> None:
-    status = run(_process(uuid.UUID(job_id)))
+    status = run(_process(uuid.UUID(job_id), self.request.hostname))
     if status == JobStatus.queued:
         # The job was put back for a retry: back off exponentially.
         backoff = run(runtime()).settings.pipeline.ingest_retry_backoff_s
@@ -44,17 +44,18 @@ def ingest(self: Task, job_id: str) -> None:
         raise self.retry(countdown=delay)
 
 
-def resume_queued(database_url: str, stale_after: timedelta) -> int:
+def resume_queued(database_url: str, stale_after: timedelta, worker: str | None = None) -> int:
     """Send again every queued job (its message may never have reached the broker, or been
-    lost), after queueing again the running jobs that lost their worker. Called by
-    `memory-r1 worker` before it starts consuming; a job that is also still in the queue is
-    claimed only once."""
+    lost), after queueing again the running jobs that lost their worker: those without a
+    heartbeat for ``stale_after``, and at once those claimed by ``worker``, the name of the
+    worker now starting. Called by `memory-r1 worker` before it starts consuming; a job that
+    is also still in the queue is claimed only once."""
 
     async def queued() -> list[uuid.UUID]:
         engine = create_engine(database_url, pool_size=1)
         try:
             async with transaction(session_factory(engine)) as db:
-                stale = await repository.requeue_stale(db, stale_after)
+                stale = await repository.requeue_stale(db, stale_after, worker)
                 if stale:
                     log.warning("queued again %d ingestion jobs that lost their worker", len(stale))
                 return list(await repository.queued_job_ids(db))
