@@ -3,7 +3,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import IngestionJob, JobStatus
@@ -45,15 +45,16 @@ async def get_job(
 async def claim(
     session: AsyncSession, job_id: uuid.UUID, worker: str | None = None
 ) -> IngestionJob | None:
-    """Queued -> running for the first unfinished job of ``job_id``'s session (turns are
-    ingested in the order they were posted): that job, which may be an earlier one than
-    ``job_id``; None when the first unfinished job is already running (or none is left).
-    Claimed at most once per delivery, recording ``worker``, the claiming worker's name."""
+    """Queued -> running for the first unfinished job of ``job_id``'s user (a user's turns
+    are ingested in the order they were posted, whatever their session): that job, which may
+    be an earlier one than ``job_id``; None when the first unfinished job is already running
+    (or none is left). Claimed at most once per delivery, recording ``worker``, the claiming
+    worker's name."""
+    of_job = select(IngestionJob.tenant_id, IngestionJob.user_id).where(IngestionJob.id == job_id)
     first = (
         select(IngestionJob.id)
         .where(
-            IngestionJob.session_id
-            == select(IngestionJob.session_id).where(IngestionJob.id == job_id).scalar_subquery(),
+            tuple_(IngestionJob.tenant_id, IngestionJob.user_id).in_(of_job),
             IngestionJob.status.in_([JobStatus.queued, JobStatus.running]),
         )
         .order_by(IngestionJob.created_at, IngestionJob.id)

@@ -1,6 +1,6 @@
 """Stage 1 of the pipeline: turns -> facts -> Manager operations -> the memory bank.
 
-A session's jobs run in the order they were posted, each claimed once (queued -> running).
+A user's jobs run in the order they were posted, each claimed once (queued -> running).
 Facts are extracted for a window of turns at once (extraction reads only its own turn, so the
 calls are independent and the model batches them); the Manager then decides fact by fact, in
 turn order, because each decision reads the bank the previous ones wrote. Progress is recorded
@@ -71,9 +71,9 @@ async def retry_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -
 async def process_job(
     runtime: Runtime, job_id: uuid.UUID, worker: str | None = None
 ) -> IngestionRead | None:
-    """Run ``job_id``'s session up to its end: its jobs in the order they were posted, from
-    the first unfinished one, each claimed (queued -> running) by ``worker``. Returns
-    ``job_id``'s outcome when this call ran it; None when it did not (the session's first
+    """Run the jobs of ``job_id``'s user in the order they were posted, from the first
+    unfinished one to the last queued, each claimed (queued -> running) by ``worker``. Returns
+    ``job_id``'s outcome when this call ran it; None when it did not (the user's first
     unfinished job is running elsewhere, whose worker goes on to the next ones, or it is done).
 
     Raises Upstream (or a database error) when the model or the database went away: that job

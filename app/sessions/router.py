@@ -4,6 +4,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.core.deps import DbSession, MemoryPrincipal, RuntimeDep
 from app.core.schemas import MAX_INT, ExternalId
+from app.models import JobStatus
 from app.sessions import service
 from app.sessions.schemas import TurnPage, TurnsAccepted, TurnsCreate
 
@@ -22,9 +23,11 @@ async def post_turns(
     ] = False,
 ) -> TurnsAccepted:
     """Store turns (committed before anything else), then ingest them into memories:
-    in the background (202), or inline with ``wait=true`` (200)."""
+    in the background (202), or inline with ``wait=true`` (200). A user's turns are ingested
+    in the order they were posted: while a worker is still ingesting the user's earlier
+    turns, ``wait=true`` answers 202 too, and the job runs after them."""
     accepted = await service.post_turns(runtime, principal.tenant_id, session_id, body, wait)
-    if wait:
+    if wait and accepted.status != JobStatus.queued:
         response.status_code = status.HTTP_200_OK
     return accepted
 

@@ -113,7 +113,15 @@ async def post_turns(
             f"{exc.detail}. The {len(stored.turn_ids)} turns are stored and ingestion job "
             f"{stored.job_id} will be retried in the background."
         ) from exc
-    assert job is not None  # created above, so nobody else can have claimed it
+    if job is None:
+        # A worker is ingesting this user's earlier turns: it runs this job next, in order.
+        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
+        return TurnsAccepted(
+            session_id=session_external_id,
+            turn_ids=stored.turn_ids,
+            ingestion_job_id=stored.job_id,
+            status=JobStatus.queued,
+        )
     return TurnsAccepted(
         session_id=session_external_id,
         turn_ids=stored.turn_ids,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.errors import Upstream
+from app.ingestion import repository as ingestion_repository
 from app.models import Episode, Session, Turn
 from tests.api.helpers import (
     add_op,
@@ -261,6 +262,26 @@ class TestPostTurns:
         ).json()
         assert job["status"] == "succeeded" and job["attempts"] == 1 and job["error"] is None
         assert job["processed_turns"] == 1 and job["operations"] == accepted["operations"]
+
+    async def test_wait_behind_the_users_earlier_turns_still_running_is_accepted_for_later(
+        self,
+        client: httpx.AsyncClient,
+        db: AsyncSession,
+        tenant_a: TenantKeys,
+        fake_llm: FakeLLM,
+        queued: QueueRecorder,
+    ) -> None:
+        first = await post_turns(client, tenant_a, "s1", turns_body("alice", "one"))
+        earlier = uuid.UUID(first.json()["ingestion_job_id"])
+        await ingestion_repository.claim(db, earlier, "ingest@elsewhere")  # a worker runs it
+
+        r = await post_turns(client, tenant_a, "s2", turns_body("alice", "two"), wait=True)
+
+        assert r.status_code == 202, r.text
+        accepted = r.json()
+        assert accepted["status"] == "queued" and accepted["operations"] is None
+        assert fake_llm.calls == []  # it waits for the earlier turns, in order
+        assert queued.ingestion == [earlier, uuid.UUID(accepted["ingestion_job_id"])]
 
     async def test_turns_survive_an_unreachable_model(
         self,

@@ -1,4 +1,4 @@
-"""A session's jobs run in the order they were posted, whichever message arrives first; a job
+"""A user's jobs run in the order they were posted, whichever message arrives first; a job
 killed at any point resumes without extracting its window again or applying a fact twice; a
 worker that starts again resumes the jobs it was running at once."""
 
@@ -37,8 +37,10 @@ async def test_a_later_job_delivered_first_runs_after_the_earlier_one(committed_
     runtime = committed_runtime
     runtime.llm = llm = FakeLLM(responder=fact_per_turn)
     tenant = await make_tenant(runtime, f"order-{uuid.uuid4().hex[:6]}")
-    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s", andrew_said(["one"]))
-    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s", andrew_said(["two"]))
+    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
+    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
+    other = andrew_said(["hi"]).model_copy(update={"user_id": "bob"})
+    elsewhere = await sessions.accept_turns(runtime, tenant.tenant_id, "s3", other)
 
     outcome = await ingestion.process_job(runtime, second.job_id)
 
@@ -49,13 +51,15 @@ async def test_a_later_job_delivered_first_runs_after_the_earlier_one(committed_
     ]
     assert decided == [said("one"), said("two")]
     assert (await ingestion.get_job(runtime, tenant.tenant_id, first.job_id)).status == "succeeded"
-    # The earlier job's own message then finds nothing left to do.
+    # The earlier job's own message then finds nothing left to do; another user's job was
+    # not touched.
     assert await ingestion.process_job(runtime, first.job_id) is None
+    assert (await ingestion.get_job(runtime, tenant.tenant_id, elsewhere.job_id)).status == "queued"
 
 
 class PostsWhileRunning(FakeLLM):
-    """While the first job's Manager decides, the next job's message is delivered to another
-    worker: it finds the session busy."""
+    """While the first job's Manager decides, the user's next job is posted and its message
+    delivered to another worker: it finds the user busy."""
 
     def __init__(self, runtime: Any, tenant_id: uuid.UUID) -> None:
         super().__init__(responder=fact_per_turn)
@@ -74,7 +78,7 @@ class PostsWhileRunning(FakeLLM):
         return reply
 
 
-async def test_a_job_posted_while_its_session_runs_is_run_next_by_the_same_worker(
+async def test_a_job_posted_while_its_user_is_busy_is_run_next_by_the_same_worker(
     committed_runtime,
 ):
     runtime = committed_runtime
@@ -160,7 +164,8 @@ async def test_a_starting_worker_queues_again_only_its_own_running_jobs(
     runtime = committed_runtime
     tenant = await make_tenant(runtime, f"own-{uuid.uuid4().hex[:6]}")
     mine = await sessions.accept_turns(runtime, tenant.tenant_id, "a", andrew_said(["hi"]))
-    theirs = await sessions.accept_turns(runtime, tenant.tenant_id, "b", andrew_said(["hi"]))
+    bob = andrew_said(["hi"]).model_copy(update={"user_id": "bob"})
+    theirs = await sessions.accept_turns(runtime, tenant.tenant_id, "b", bob)
     async with transaction(runtime.sessions) as db:
         await repository.claim(db, mine.job_id, "ingest@a")
         await repository.claim(db, theirs.job_id, "ingest@b")

@@ -1,5 +1,5 @@
 """The ingestion pipeline with a scripted LLM: the paper's Buddy/Scout example, id validation
-against prompt injection, episode logging, and per-user serialisation under concurrency."""
+against prompt injection, episode logging, and a hand edit racing a Manager decision."""
 
 import asyncio
 import json
@@ -13,6 +13,8 @@ from app.core.db import transaction
 from app.core.errors import Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
+from app.memories import service as memories_service
+from app.memories.schemas import MemoryUpdate
 from app.models import Episode, IngestionJob, Memory, MemoryEvent
 from app.sessions import service as sessions
 from app.sessions.schemas import TurnsCreate
@@ -142,20 +144,30 @@ def respond(call: FakeCall):
     return {"operations": [{"op": "UPDATE", "id": "m1", "text": text}]}
 
 
-class BarrierLLM(FakeLLM):
-    """Holds every Manager call until both concurrent jobs have reached it."""
+class EditedMeanwhile(FakeLLM):
+    """While the Manager decides, someone edits the memory it is deciding about by hand."""
 
-    def __init__(self, barrier: asyncio.Barrier, **kwargs) -> None:
+    def __init__(self, runtime, tenant_id, memory_id, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.barrier = barrier
+        self.runtime, self.tenant_id, self.memory_id = runtime, tenant_id, memory_id
 
     async def complete(self, messages, *, json_schema=None, **kwargs):
         if json_schema is not None and "operations" in json.dumps(json_schema):
-            await self.barrier.wait()
+            async with transaction(self.runtime.sessions) as db:
+                await memories_service.update_manual(
+                    db,
+                    self.runtime.embedder,
+                    self.runtime.settings.limits,
+                    self.tenant_id,
+                    self.memory_id,
+                    MemoryUpdate(text="Carol lives in Braga."),
+                )
         return await super().complete(messages, json_schema=json_schema, **kwargs)
 
 
-async def test_concurrent_ingestion_for_one_user_is_serialised(committed_runtime, fake_llm):
+async def test_a_hand_edit_during_a_decision_makes_the_managers_update_stale(
+    committed_runtime, fake_llm
+):
     runtime = committed_runtime
     tenant = await make_tenant(runtime, f"conc-{uuid.uuid4().hex[:6]}")
     user = "carol"
@@ -166,25 +178,21 @@ async def test_concurrent_ingestion_for_one_user_is_serialised(committed_runtime
     )
     stored = await sessions.accept_turns(runtime, tenant.tenant_id, "c0", seed)
     await ingestion.process_job(runtime, stored.job_id)
-
-    # Both jobs see the same candidate and both try to update it; a barrier makes them
-    # decide at the same time, so only the per-user lock decides who wins.
-    runtime.llm = BarrierLLM(asyncio.Barrier(2), responder=respond)
-    jobs = []
-    for i in range(2):
-        body = TurnsCreate(
-            user_id=user, turns=[{"speaker": "Carol", "text": f"I moved, take {i}."}]
-        )
-        jobs.append(
-            (await sessions.accept_turns(runtime, tenant.tenant_id, f"c{i + 1}", body)).job_id
-        )
-    results = await asyncio.gather(*(ingestion.process_job(runtime, j) for j in jobs))
-    applied = [op for r in results for op in r.operations]
-    assert [op["op"] for op in applied] == ["UPDATE"]  # the other one was stale
     async with transaction(runtime.sessions) as db:
-        [memory] = (
+        [seeded] = (
             await db.scalars(select(Memory).where(Memory.tenant_id == tenant.tenant_id))
         ).all()
+
+    # The Manager decides on the version it was shown; the edit lands before it writes.
+    runtime.llm = EditedMeanwhile(runtime, tenant.tenant_id, seeded.id, responder=respond)
+    body = TurnsCreate(user_id=user, turns=[{"speaker": "Carol", "text": "I moved."}])
+    moved = await sessions.accept_turns(runtime, tenant.tenant_id, "c1", body)
+    result = await ingestion.process_job(runtime, moved.job_id)
+
+    assert result is not None and result.status == "succeeded"
+    assert result.operations == []  # its UPDATE was stale: not applied
+    async with transaction(runtime.sessions) as db:
+        memory = await db.get(Memory, seeded.id)
         events = (
             await db.scalars(
                 select(MemoryEvent)
@@ -192,9 +200,8 @@ async def test_concurrent_ingestion_for_one_user_is_serialised(committed_runtime
                 .order_by(MemoryEvent.id)
             )
         ).all()
-    assert memory.version == 2
-    assert [e.op for e in events] == ["ADD", "UPDATE"]
-    assert memory.text == applied[0]["text"]
+    assert memory.version == 2 and memory.text == "Carol lives in Braga."
+    assert [(e.op, e.actor) for e in events] == [("ADD", "manager"), ("UPDATE", "api")]
 
 
 class OverlapLLM(FakeLLM):
@@ -299,7 +306,8 @@ async def test_a_job_whose_worker_died_is_queued_again_and_resumes(
             .where(IngestionJob.id == stored.job_id)
             .values(heartbeat_at=func.now() - timedelta(minutes=20))
         )
-    lively = await sessions.accept_turns(runtime, tenant.tenant_id, "d2", andrew_said(texts[:1]))
+    other_user = andrew_said(texts[:1]).model_copy(update={"user_id": "bob"})
+    lively = await sessions.accept_turns(runtime, tenant.tenant_id, "d2", other_user)
     async with transaction(runtime.sessions) as db:
         await repository.claim(db, lively.job_id)  # running, heartbeat just now
 

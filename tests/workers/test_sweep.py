@@ -68,7 +68,8 @@ async def test_the_sweep_queues_again_and_sends_what_lost_its_worker(
     tuned(runtime, stale_after_s=30, training_max_attempts=2)
     tenant = await make_tenant(runtime, f"sweep-{uuid.uuid4().hex[:6]}")
     stale = await sessions.accept_turns(runtime, tenant.tenant_id, "a", andrew_said(["hi"]))
-    lively = await sessions.accept_turns(runtime, tenant.tenant_id, "b", andrew_said(["hi"]))
+    bob = andrew_said(["hi"]).model_copy(update={"user_id": "bob"})
+    lively = await sessions.accept_turns(runtime, tenant.tenant_id, "b", bob)
     async with transaction(runtime.sessions) as db:
         await repository.claim(db, stale.job_id)
         await repository.claim(db, lively.job_id)
