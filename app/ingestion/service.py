@@ -96,15 +96,13 @@ async def process_job(
         except LostClaim:
             log.warning("ingestion %s: queued again while this worker ran it; stopping", job.id)
             return None
-        except (Upstream, *UNAVAILABLE):
-            raise
-        except Exception as exc:  # failed for good, with its error recorded
-            failure = failure or exc
+        except Exception as exc:
             done = await get_job(runtime, job.tenant_id, job.id)
+            if done.status != JobStatus.failed:  # queued for a retry, which goes first
+                raise
+            failure = failure or exc  # failed for good, its error recorded: go on
         finally:
             beat.cancel()
-        if done.status == JobStatus.queued:  # queued again for a retry: it goes first
-            break
         if job.id == job_id:
             outcome = done
     if failure is not None:

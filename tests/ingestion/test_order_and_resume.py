@@ -8,9 +8,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from app.core.db import transaction
+from app.core.errors import Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
 from app.models import Agent, Episode, IngestionJob, JobStatus, Memory
@@ -178,3 +180,23 @@ async def test_a_starting_worker_queues_again_only_its_own_running_jobs(
     async with transaction(runtime.sessions) as db:
         assert (await db.get(IngestionJob, mine.job_id)).status == JobStatus.queued
         assert (await db.get(IngestionJob, theirs.job_id)).status == JobStatus.running
+
+
+async def test_a_job_failed_for_good_does_not_hold_up_the_users_next_one(
+    committed_runtime, monkeypatch
+):
+    runtime = committed_runtime
+    monkeypatch.setattr(runtime.settings.pipeline, "ingest_max_attempts", 1)
+    tenant = await make_tenant(runtime, f"failed-{uuid.uuid4().hex[:6]}")
+    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
+    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
+    runtime.llm = FakeLLM([Upstream("model server unreachable")], responder=fact_per_turn)
+
+    with pytest.raises(Upstream):
+        await ingestion.process_job(runtime, second.job_id)
+
+    failed = await ingestion.get_job(runtime, tenant.tenant_id, first.job_id)
+    assert failed.status == "failed" and "unreachable" in (failed.error or "")
+    later = await ingestion.get_job(runtime, tenant.tenant_id, second.job_id)
+    assert later.status == "succeeded"
+    assert await bank(runtime, tenant.tenant_id) == [said("two")]
