@@ -863,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nwrote {path} and {args.out / 'retrieval.png'}")
     finally:
         server.stop()
-    return 0
+    return 0 if all(t.passed for t in checks) else 1
 
 
 if __name__ == "__main__":

@@ -135,8 +135,12 @@ def run_bench(
     after = evaluate(result.adapter_dir)
     print(f"[{name}] adapter: {_scores(after)} in {after['seconds']} s", flush=True)
 
-    gain = (after["f1"] - before["f1"]) / before["f1"] if before["f1"] > 0 else float("inf")
-    targets = [Target("relative F1 gain", round(gain, 4), TARGET_GAIN, "x", True)]
+    # A zero baseline has no relative gain: it is reported as such and fails the target.
+    gain = (after["f1"] - before["f1"]) / before["f1"] if before["f1"] > 0 else None
+    if gain is None:
+        print(f"[{name}] the base model scores F1 0: no relative gain to measure", flush=True)
+    measured = round(gain, 4) if gain is not None else float("nan")
+    targets = [Target("relative F1 gain", measured, TARGET_GAIN, "x", True)]
     print_targets(targets)
     payload = {
         "settings": settings,
@@ -211,7 +215,7 @@ def _smooth(values: list[float], window: int = 5) -> list[float]:
     ]
 
 
-def main() -> None:
+def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--per-speaker", type=int, default=3, help="memories per speaker shown")
     args = parser.parse_args()
@@ -221,7 +225,7 @@ def main() -> None:
     val_rows = answer_rows_from_locomo(VAL_FILE, retriever, per_speaker=args.per_speaker)
     val_rows = val_rows[: args.val_limit] if args.val_limit else val_rows
     config = job_config(args, "answer", args.out / "adapters" / "answer")
-    run_bench(
+    payload = run_bench(
         "train_answer",
         config,
         train_rows,
@@ -230,7 +234,8 @@ def main() -> None:
         settings=vars(args) | {"out": str(args.out), "data_dir": str(args.data_dir)},
         out_dir=args.out,
     )
+    return 0 if all(t["passed"] for t in payload["targets"]) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

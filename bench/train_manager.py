@@ -20,7 +20,7 @@ from bench.train_answer import TRAIN_FILE, VAL_FILE, arguments, job_config, run_
 from training.datasets import Retriever, load_encoder, manager_rows_from_locomo
 
 
-def main() -> None:
+def main() -> int:
     parser = arguments(__doc__.splitlines()[0], minutes=20.0, completion=64, max_steps=200, lr=5e-4)
     parser.add_argument("--candidates", type=int, default=5, help="memories shown per fact")
     parser.add_argument(
@@ -34,7 +34,7 @@ def main() -> None:
     val_rows = manager_rows_from_locomo(VAL_FILE, retriever, candidates=args.candidates)
     val_rows = val_rows[: args.val_limit] if args.val_limit else val_rows
     config = job_config(args, "manager", args.out / "adapters" / "manager")
-    run_bench(
+    payload = run_bench(
         "train_manager",
         config,
         train_rows,
@@ -44,7 +44,8 @@ def main() -> None:
         settings=vars(args) | {"out": str(args.out), "data_dir": str(args.data_dir)},
         out_dir=args.out,
     )
+    return 0 if all(t["passed"] for t in payload["targets"]) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
