@@ -98,18 +98,18 @@ ANSWER_SCHEMA: dict[str, Any] = {
 
 
 # Token budgets cover a schema-maximal reply, since the backends refuse JSON cut off by
-# max_tokens. SmolLM2 spends ~4 characters per token on chat text but one per digit, so dates
-# ("8 May 2023" is 7 tokens) bring the budget down to about 2 characters per token.
-_CHARS_PER_TOKEN = 2
+# max_tokens. They allow one token per character: SmolLM2 spends one per digit and close to
+# one per punctuation mark (a run of either is what a small model degenerates into), about a
+# quarter of one on prose. Text outside ASCII can need more (a CJK character takes about 6),
+# so a reply of such text at its maximal length is cut off and recorded as unusable output.
+# tests/memory/test_prompts.py checks maximal replies of each kind against these budgets.
 
 
 def extract_max_tokens(max_facts: int) -> int:
-    return 32 + max_facts * (FACT_MAX_CHARS // _CHARS_PER_TOKEN + 8)
+    return 32 + max_facts * (FACT_MAX_CHARS + 8)
 
 
-MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS // _CHARS_PER_TOKEN + 24)
-# An answer may be all digits (a year, an amount) or a model's degenerate run of them, so its
-# budget allows one token per character: a user gets a reply rather than a refused cut-off.
+MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS + 24)
 ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS
 
 

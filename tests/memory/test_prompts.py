@@ -1,19 +1,28 @@
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import xgrammar as xgr
+from transformers import AutoTokenizer
 
 from app.memory.prompts import (
     ANSWER_MAX_CHARS,
     ANSWER_MAX_SELECTED,
+    ANSWER_MAX_TOKENS,
     ANSWER_SCHEMA,
+    DEFAULT_MAX_FACTS,
     EXTRACT_SCHEMA,
+    FACT_MAX_CHARS,
     MANAGER_MAX_OPERATIONS,
+    MANAGER_MAX_TOKENS,
     MANAGER_SCHEMA,
+    MANAGER_TEXT_MAX_CHARS,
     answer_messages,
+    extract_max_tokens,
     extract_schema,
     extraction_messages,
     format_date,
@@ -166,3 +175,54 @@ class TestSchemas:
     def test_an_answer_is_plain_text(self, drift: str) -> None:
         assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": "Rome, 7 May 2023!"}))
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": drift}))
+
+
+def filled(filler: str, length: int) -> str:
+    return (filler * (length // len(filler) + 1))[:length]
+
+
+# What a reply's strings can be made of: what a small model degenerates into (digit runs,
+# punctuation, dates), prose, and Latin text outside ASCII.
+FILLERS = {
+    "digits": "0123456789",
+    "dates": "8 May 2023, ",
+    "punctuation": ".,;:!?-'()/",
+    "prose": "Caroline went to the support group and felt accepted. ",
+    "accented": "café naïve résumé ",
+}
+
+
+@pytest.mark.model
+class TestTokenBudgets:
+    """Every agent's budget holds its schema's longest reply (every list full, every string at
+    its maximal length) as the bundled tokenizer counts it, with room for the stop token."""
+
+    @pytest.fixture(scope="class")
+    def count(self, serving_model_dir: Path) -> Callable[[str], int]:
+        tokenizer = AutoTokenizer.from_pretrained(serving_model_dir)
+        return lambda text: len(tokenizer.encode(text)) + 1
+
+    @staticmethod
+    def maximal(schema: dict[str, Any], reply: dict[str, Any]) -> str:
+        text = json.dumps(reply, separators=(",", ":"), ensure_ascii=False)
+        assert accepts(schema, text)  # a reply the grammar lets the model write
+        return text
+
+    @pytest.mark.parametrize("filler", FILLERS.values(), ids=FILLERS.keys())
+    def test_the_longest_reply_of_each_agent_fits_its_budget(
+        self, count: Callable[[str], int], filler: str
+    ) -> None:
+        facts = [filled(filler, FACT_MAX_CHARS)] * DEFAULT_MAX_FACTS
+        extraction = self.maximal(EXTRACT_SCHEMA, {"facts": facts})
+        operation = {"op": "UPDATE", "id": "m99", "text": filled(filler, MANAGER_TEXT_MAX_CHARS)}
+        decision = self.maximal(
+            MANAGER_SCHEMA, {"operations": [operation] * MANAGER_MAX_OPERATIONS}
+        )
+        answer = self.maximal(
+            ANSWER_SCHEMA,
+            {"selected": ["m60"] * ANSWER_MAX_SELECTED, "answer": filled(filler, ANSWER_MAX_CHARS)},
+        )
+
+        assert count(extraction) <= extract_max_tokens(DEFAULT_MAX_FACTS)
+        assert count(decision) <= MANAGER_MAX_TOKENS
+        assert count(answer) <= ANSWER_MAX_TOKENS
