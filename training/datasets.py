@@ -303,8 +303,10 @@ def rows_from_episodes(episodes: Iterable[Mapping[str, Any]], agent: str) -> lis
     for a positive rating and negatively for a negative one (see ``rewards.outcome_score``).
 
     Manager episodes: the feedback must carry a ``question`` and its ``gold_answer`` (what the
-    fact should make answerable); the shown candidates are the bank. A rating alone says nothing
-    about which operation was right, so such episodes are skipped.
+    fact should make answerable): the service credits a Manager episode with those of a graded
+    answer that used the memory it wrote (``app.training_jobs.repository``). The shown
+    candidates are the bank. A rating alone says nothing about which operation was right, so
+    such episodes are skipped.
     """
     rows: list[Row] = []
     for episode in episodes:

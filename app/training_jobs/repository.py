@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Episode, Feedback, JobStatus, TrainingJob
+from app.models import Agent, Episode, Feedback, JobStatus, MemoryEvent, TrainingJob
 
 
 async def add(session: AsyncSession, job: TrainingJob) -> TrainingJob:
@@ -116,7 +116,11 @@ async def finish(
 async def episodes_with_feedback(
     session: AsyncSession, tenant_id: uuid.UUID, agent: str, limit: int
 ) -> list[dict[str, Any]]:
-    """Episodes of ``agent`` that carry feedback, in the plain form training reads."""
+    """Episodes of ``agent`` that carry feedback, in the plain form training reads, newest
+    feedback first. Manager episodes get theirs from the answers that used their memories
+    (see ``_credited_manager_episodes``)."""
+    if agent == Agent.manager:
+        return await _credited_manager_episodes(session, tenant_id, limit)
     rows = await session.execute(
         select(Episode, Feedback)
         .join(Feedback, Feedback.episode_id == Episode.id)
@@ -125,16 +129,88 @@ async def episodes_with_feedback(
         .limit(limit)
     )
     return [
-        {
-            "id": str(episode.id),
-            "user_id": str(episode.user_id) if episode.user_id else None,
-            "agent": episode.agent,
-            "input": episode.input,
-            "output": episode.parsed,
-            "feedback": {"gold_answer": feedback.gold_answer, "rating": feedback.rating},
-        }
+        _plain(episode, {"gold_answer": feedback.gold_answer, "rating": feedback.rating})
         for episode, feedback in rows.all()
     ]
+
+
+async def _credited_manager_episodes(
+    session: AsyncSession, tenant_id: uuid.UUID, limit: int
+) -> list[dict[str, Any]]:
+    """The Manager's share of answer feedback. An answer given a gold answer credits, for each
+    memory it selected, the Manager episode that wrote the version it read (the memory's
+    last pipeline write before the answer). That episode's feedback is then the answer's
+    question and gold answer: training replays the decision on the bank the Manager was
+    shown and scores whether the bank it leaves answers that question (the Memory-R1
+    outcome reward). Memories written by hand credit nobody."""
+    answers = (
+        await session.execute(
+            select(Episode, Feedback)
+            .join(Feedback, Feedback.episode_id == Episode.id)
+            .where(
+                Episode.tenant_id == tenant_id,
+                Episode.agent == Agent.answer,
+                Episode.error.is_(None),
+                Feedback.gold_answer.is_not(None),
+            )
+            .order_by(Feedback.created_at.desc())
+            .limit(limit)
+        )
+    ).all()
+    used: list[tuple[Episode, str, list[uuid.UUID]]] = []
+    for answer, feedback in answers:
+        by_key = {m["key"]: uuid.UUID(m["id"]) for m in answer.input.get("memories", [])}
+        selected = (answer.parsed or {}).get("selected", [])
+        memories = [by_key[key] for key in selected if key in by_key]
+        used.append((answer, str(feedback.gold_answer), memories))
+    memory_ids = {memory_id for _, _, ids in used for memory_id in ids}
+    if not memory_ids:
+        return []
+    writes: dict[uuid.UUID, list[tuple[datetime, uuid.UUID]]] = {}  # memory -> in order
+    for memory_id, episode_id, at in await session.execute(
+        select(MemoryEvent.memory_id, MemoryEvent.episode_id, MemoryEvent.created_at)
+        .where(
+            MemoryEvent.tenant_id == tenant_id,
+            MemoryEvent.memory_id.in_(memory_ids),
+            MemoryEvent.episode_id.is_not(None),
+        )
+        .order_by(MemoryEvent.id)
+    ):
+        if episode_id is not None:
+            writes.setdefault(memory_id, []).append((at, episode_id))
+    credited: list[tuple[uuid.UUID, str, str]] = []  # (manager episode, question, gold)
+    for answer, gold, ids in used:
+        for memory_id in ids:
+            read = [e for at, e in writes.get(memory_id, []) if at <= answer.created_at]
+            if read:
+                credited.append((read[-1], answer.input["question"], gold))
+    managers = {
+        episode.id: episode
+        for episode in await session.scalars(
+            select(Episode).where(
+                Episode.tenant_id == tenant_id,
+                Episode.agent == Agent.manager,
+                Episode.error.is_(None),
+                Episode.id.in_({episode_id for episode_id, _, _ in credited}),
+            )
+        )
+    }
+    return [
+        _plain(managers[episode_id], {"question": question, "gold_answer": gold})
+        for episode_id, question, gold in credited[:limit]
+        if episode_id in managers
+    ]
+
+
+def _plain(episode: Episode, feedback: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(episode.id),
+        "user_id": str(episode.user_id) if episode.user_id else None,
+        "agent": episode.agent,
+        "input": episode.input,
+        "output": episode.parsed,
+        "feedback": feedback,
+    }
 
 
 async def requeue_stale(
