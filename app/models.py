@@ -265,6 +265,8 @@ class IngestionJob(Base):
     # The name of the worker that claimed it: a worker of that name starting again queues the
     # job again at once, without waiting for its heartbeat to go stale.
     worker: Mapped[str | None] = mapped_column(String(255))
+    # A job queued again after a transient failure is not claimed before this (its backoff).
+    retry_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
 

@@ -1,7 +1,8 @@
 """The sweep. Every worker runs one in a thread of its own while it consumes tasks: every few
 seconds it queues again the running ingestion and training jobs whose worker stopped
 heartbeating (killed, its machine gone, or cut off from the database for too long) and sends
-them to the broker. A job swept twice, or by two workers, is still claimed only once."""
+them to the broker, and sends again the ingestion retries left unclaimed long after they were
+due. A job swept twice, or by two workers, is still claimed only once."""
 
 import asyncio
 import logging
@@ -27,6 +28,7 @@ async def sweep(
     stale_after = timedelta(seconds=settings.pipeline.stale_after_s)
     async with transaction(sessions) as db:
         ingest = list(await ingestion.requeue_stale(db, stale_after))
+        ingest += await ingestion.overdue_retries(db, stale_after)
         train = list(
             await training.requeue_stale(db, stale_after, settings.pipeline.training_max_attempts)
         )
@@ -36,7 +38,7 @@ async def sweep(
         enqueue_training(job_id)
     if ingest or train:
         log.warning(
-            "sweep: queued again %d ingestion and %d training jobs that lost their worker",
+            "sweep: sent again %d ingestion and %d training jobs (worker lost, or retry lost)",
             len(ingest),
             len(train),
         )

@@ -124,8 +124,19 @@ class PipelineSettings(BaseModel):
         "batches them); Manager decisions stay one at a time, in turn order.",
     )
     answer_top_k: int = Field(60, ge=1, le=60)
-    ingest_max_attempts: int = Field(3, ge=1, le=20, description="Tries before a job fails.")
-    ingest_retry_backoff_s: float = Field(5.0, ge=0)
+    ingest_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=20,
+        description="Tries before a job fails. With the backoff below, 8 ride out about four "
+        "minutes of the model endpoint being down (a vLLM restart).",
+    )
+    ingest_retry_backoff_s: float = Field(
+        5.0, ge=0, description="Wait before the first retry; doubled for each next one."
+    )
+    ingest_retry_max_backoff_s: float = Field(
+        60.0, ge=0, description="The longest wait between two tries of a job."
+    )
     heartbeat_s: float = Field(
         5.0, gt=0, description="How often a worker records that a job it runs is alive."
     )

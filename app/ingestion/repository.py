@@ -3,7 +3,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import IngestionJob, JobStatus
@@ -26,6 +26,9 @@ async def create_job(
         manager_adapter=manager_adapter,
         status=JobStatus.queued,
         attempts=0,
+        # The clock, not the transaction's start: a user's jobs run in this order, and two
+        # created in one transaction must not tie.
+        created_at=datetime.now(UTC),
         result={"processed_turns": 0, "operations": []},
     )
     session.add(job)
@@ -47,33 +50,57 @@ async def claim(
 ) -> IngestionJob | None:
     """Queued -> running for the first unfinished job of ``job_id``'s user (a user's turns
     are ingested in the order they were posted, whatever their session): that job, which may
-    be an earlier one than ``job_id``; None when the first unfinished job is already running
-    (or none is left). Claimed at most once per delivery, recording ``worker``, the claiming
-    worker's name."""
-    of_job = select(IngestionJob.tenant_id, IngestionJob.user_id).where(IngestionJob.id == job_id)
-    first = (
-        select(IngestionJob.id)
-        .where(
-            tuple_(IngestionJob.tenant_id, IngestionJob.user_id).in_(of_job),
-            IngestionJob.status.in_([JobStatus.queued, JobStatus.running]),
-        )
-        .order_by(IngestionJob.created_at, IngestionJob.id)
-        .limit(1)
-        .scalar_subquery()
-    )
+    be an earlier one than ``job_id``; None when the first unfinished job is already running,
+    is waiting out its retry backoff (see ``retry_wait``), or none is left. Claimed at most
+    once per delivery, recording ``worker``, the claiming worker's name."""
+    first = _first_unfinished(job_id, IngestionJob.id).scalar_subquery()
+    due = IngestionJob.retry_at.is_(None) | (IngestionJob.retry_at <= func.now())
     return await session.scalar(
         update(IngestionJob)
-        .where(IngestionJob.id == first, IngestionJob.status == JobStatus.queued)
+        .where(IngestionJob.id == first, IngestionJob.status == JobStatus.queued, due)
         .values(
             status=JobStatus.running,
             attempts=IngestionJob.attempts + 1,
             worker=worker,
+            retry_at=None,
             started_at=datetime.now(UTC),
             heartbeat_at=datetime.now(UTC),
             error=None,
         )
         .returning(IngestionJob)
     )
+
+
+def _first_unfinished(job_id: uuid.UUID, *columns: Any) -> Any:
+    """``columns`` of the first unfinished job of ``job_id``'s user, in posted order."""
+    of_job = select(IngestionJob.tenant_id, IngestionJob.user_id).where(IngestionJob.id == job_id)
+    return (
+        select(*columns)
+        .where(
+            tuple_(IngestionJob.tenant_id, IngestionJob.user_id).in_(of_job),
+            IngestionJob.status.in_([JobStatus.queued, JobStatus.running]),
+        )
+        .order_by(IngestionJob.created_at, IngestionJob.id)
+        .limit(1)
+    )
+
+
+async def retry_wait(session: AsyncSession, job_id: uuid.UUID) -> float | None:
+    """Seconds until the first unfinished job of ``job_id``'s user may be claimed, when it is
+    queued (0 when it may be now); None when it runs (its worker goes on to the next jobs)
+    or none is left."""
+    row = (
+        await session.execute(
+            _first_unfinished(
+                job_id,
+                IngestionJob.status,
+                func.extract("epoch", IngestionJob.retry_at - func.now()),
+            )
+        )
+    ).first()
+    if row is None or row[0] != JobStatus.queued:
+        return None
+    return max(float(row[1] or 0), 0.0)
 
 
 def _held(job_id: uuid.UUID, attempt: int | None) -> Any:
@@ -113,12 +140,16 @@ async def finish(
     status: JobStatus,
     error: str | None = None,
     attempt: int | None = None,
+    retry_after: timedelta | None = None,
 ) -> None:
+    """End the run: succeeded or failed, or queued again, to be claimed no sooner than
+    ``retry_after`` from now."""
     finished = datetime.now(UTC) if status != JobStatus.queued else None
+    retry_at = datetime.now(UTC) + retry_after if retry_after is not None else None
     await session.execute(
         update(IngestionJob)
         .where(_held(job_id, attempt))
-        .values(status=status, error=error, finished_at=finished)
+        .values(status=status, error=error, finished_at=finished, retry_at=retry_at)
     )
 
 
@@ -145,6 +176,20 @@ async def requeue_stale(
         .returning(IngestionJob.id)
     )
     return stale.all()
+
+
+async def overdue_retries(session: AsyncSession, overdue_after: timedelta) -> Sequence[uuid.UUID]:
+    """Jobs queued for a retry that nobody claimed for ``overdue_after`` after they were due
+    (their message was lost, with a broker that went down, say): due again from now, to be
+    sent again."""
+    cutoff = datetime.now(UTC) - overdue_after
+    overdue = await session.scalars(
+        update(IngestionJob)
+        .where(IngestionJob.status == JobStatus.queued, IngestionJob.retry_at < cutoff)
+        .values(retry_at=func.now())
+        .returning(IngestionJob.id)
+    )
+    return overdue.all()
 
 
 async def requeue_failed(

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -169,11 +170,8 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
         raise
     except (Upstream, *UNAVAILABLE) as exc:
         # The model endpoint or the database went away: try again later, a few times.
-        retry = job.attempts < runtime.settings.pipeline.ingest_max_attempts
         reason = exc.detail if isinstance(exc, Upstream) else f"database unavailable: {exc!r}"
-        await _finish_when_reachable(
-            runtime, job, JobStatus.queued if retry else JobStatus.failed, reason
-        )
+        await _finish_when_reachable(runtime, job, reason)
         raise
     except AppError as exc:
         await _finish(runtime, job, JobStatus.failed, exc.detail)
@@ -193,22 +191,33 @@ async def _save(db: AsyncSession, job: IngestionJob, result: dict[str, Any]) -> 
 
 
 async def _finish(
-    runtime: Runtime, job: IngestionJob, status: JobStatus, error: str | None
+    runtime: Runtime,
+    job: IngestionJob,
+    status: JobStatus,
+    error: str | None,
+    retry_after: timedelta | None = None,
 ) -> None:
     async with transaction(runtime.sessions) as db:
-        await repository.finish(db, job.id, status, error, job.attempts)
+        await repository.finish(db, job.id, status, error, job.attempts, retry_after)
 
 
-async def _finish_when_reachable(
-    runtime: Runtime, job: IngestionJob, status: JobStatus, error: str
-) -> None:
-    """``_finish``, tried again with backoff while the database is unreachable (restarting,
-    say), for up to ``stale_after_s``; after that the sweep queues the job again."""
-    deadline = time.monotonic() + runtime.settings.pipeline.stale_after_s
+async def _finish_when_reachable(runtime: Runtime, job: IngestionJob, error: str) -> None:
+    """After a transient failure: queue the job again, due after a backoff that doubles with
+    each attempt, or fail it once it has used its attempts. Tried again while the database
+    is unreachable (restarting, say), for up to ``stale_after_s``; after that the sweep
+    queues the job again."""
+    pipeline = runtime.settings.pipeline
+    if job.attempts >= pipeline.ingest_max_attempts:
+        status, retry_after = JobStatus.failed, None
+    else:
+        backoff = pipeline.ingest_retry_backoff_s * 2 ** (job.attempts - 1)
+        status = JobStatus.queued
+        retry_after = timedelta(seconds=min(backoff, pipeline.ingest_retry_max_backoff_s))
+    deadline = time.monotonic() + pipeline.stale_after_s
     pause = 0.5
     while True:
         try:
-            return await _finish(runtime, job, status, error)
+            return await _finish(runtime, job, status, error, retry_after)
         except UNAVAILABLE:
             if time.monotonic() + pause > deadline:
                 raise

@@ -200,3 +200,32 @@ async def test_a_job_failed_for_good_does_not_hold_up_the_users_next_one(
     later = await ingestion.get_job(runtime, tenant.tenant_id, second.job_id)
     assert later.status == "succeeded"
     assert await bank(runtime, tenant.tenant_id) == [said("two")]
+
+
+async def test_every_message_for_a_job_waits_out_its_backoff_and_a_retry_is_one_attempt(
+    committed_runtime, monkeypatch
+):
+    runtime = committed_runtime
+    monkeypatch.setattr(runtime.settings.pipeline, "ingest_retry_backoff_s", 0.5)
+    tenant = await make_tenant(runtime, f"backoff-{uuid.uuid4().hex[:6]}")
+    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
+    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
+    runtime.llm = FakeLLM([Upstream("model server unreachable")], responder=fact_per_turn)
+    with pytest.raises(Upstream):
+        await ingestion.process_job(runtime, first.job_id)
+
+    # Both jobs' messages come back before the retry is due: neither claims anything.
+    for job_id in (first.job_id, second.job_id):
+        assert await ingestion.process_job(runtime, job_id) is None
+        async with transaction(runtime.sessions) as db:
+            assert 0 < await repository.retry_wait(db, job_id) <= 0.5
+    await asyncio.sleep(0.6)
+    async with transaction(runtime.sessions) as db:
+        assert await repository.retry_wait(db, second.job_id) == 0
+    outcome = await ingestion.process_job(runtime, second.job_id)
+
+    assert outcome is not None and outcome.status == "succeeded"
+    done = await ingestion.get_job(runtime, tenant.tenant_id, first.job_id)
+    assert done.status == "succeeded" and done.attempts == 2  # one failure, one retry
+    async with transaction(runtime.sessions) as db:
+        assert await repository.retry_wait(db, first.job_id) is None  # nothing left to do

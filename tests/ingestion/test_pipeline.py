@@ -281,8 +281,19 @@ async def test_a_failed_window_resumes_after_the_last_finished_turn(runtime, ten
     job = await ingestion.get_job(runtime, tenant_a.tenant_id, stored.job_id)
     assert job.status == "queued" and job.processed_turns == 2  # the first window is kept
 
+    # It is due again after its backoff (5 s after a first attempt): a message that comes
+    # sooner claims nothing, and is told how long to wait.
     failing.clear()
     runtime.llm = llm = FakeLLM(responder=fact_per_turn)
+    assert await ingestion.process_job(runtime, stored.job_id) is None
+    async with transaction(runtime.sessions) as db:
+        assert 4 < await repository.retry_wait(db, stored.job_id) < 15
+        await db.execute(
+            update(IngestionJob)
+            .where(IngestionJob.id == stored.job_id)
+            .values(retry_at=func.now() - timedelta(seconds=1))
+        )
+    assert llm.calls == [] and job.attempts == 1
     result = await ingestion.process_job(runtime, stored.job_id)
     assert result.status == "succeeded" and result.processed_turns == 4
     assert len(llm.calls) == 4  # only turns 2 and 3: one extraction and one decision each

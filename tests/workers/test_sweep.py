@@ -182,3 +182,32 @@ async def test_a_database_that_went_away_queues_the_job_for_a_retry(committed_ru
         pass
     job = await ingestion.get_job(runtime, tenant.tenant_id, stored.job_id)
     assert job.status == "queued" and "database unavailable" in (job.error or "")
+
+
+async def test_the_sweep_sends_again_a_retry_nobody_claimed_long_after_it_was_due(
+    committed_runtime, monkeypatch
+):
+    runtime = committed_runtime
+    tuned(runtime, stale_after_s=30)
+    tenant = await make_tenant(runtime, f"overdue-{uuid.uuid4().hex[:6]}")
+    lost = await sessions.accept_turns(runtime, tenant.tenant_id, "a", andrew_said(["hi"]))
+    bob = andrew_said(["hi"]).model_copy(update={"user_id": "bob"})
+    pending = await sessions.accept_turns(runtime, tenant.tenant_id, "b", bob)
+    async with transaction(runtime.sessions) as db:
+        for job_id, due_ago in ((lost.job_id, 31), (pending.job_id, 10)):
+            await db.execute(
+                update(IngestionJob)
+                .where(IngestionJob.id == job_id)
+                .values(retry_at=func.now() - timedelta(seconds=due_ago))
+            )
+
+    sent: list[uuid.UUID] = []
+    monkeypatch.setattr(sweep_module, "enqueue_ingestion", sent.append)
+    monkeypatch.setattr(sweep_module, "enqueue_training", lambda job_id: None)
+    await sweep_module.sweep(runtime.sessions, runtime.settings)
+    assert lost.job_id in sent and pending.job_id not in sent
+
+    # Sent once: due again from now, so the next sweep leaves it to its new message.
+    sent.clear()
+    await sweep_module.sweep(runtime.sessions, runtime.settings)
+    assert lost.job_id not in sent

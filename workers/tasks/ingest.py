@@ -11,37 +11,34 @@ from app.core.db import UNAVAILABLE, create_engine, session_factory, transaction
 from app.core.errors import Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
-from app.models import JobStatus
 from workers.celery_app import INGEST_TASK, enqueue_ingestion
 from workers.runtime import run, runtime
 
 log = logging.getLogger(__name__)
 
 
-async def _process(job_id: uuid.UUID, worker: str | None) -> str | None:
-    """The job's status after this attempt, or None when it was not ours to run."""
+async def _process(job_id: uuid.UUID, worker: str | None) -> float | None:
+    """Run the job (and its user's others); returns in how many seconds to try this message
+    again: when the user's next job is queued for a retry after a transient failure (the
+    job row holds its backoff, so every message for it waits the same), else None."""
     rt = await runtime()
     try:
-        job = await ingestion.process_job(rt, job_id, worker)
+        await ingestion.process_job(rt, job_id, worker)
     except (Upstream, *UNAVAILABLE) as exc:
         log.warning("ingestion %s: %s", job_id, getattr(exc, "detail", repr(exc)))
-        try:
-            async with transaction(rt.sessions) as db:
-                row = await repository.get_job(db, job_id)
-        except UNAVAILABLE:
-            return None  # still down: the sweep queues the job again once it is back
-        return row.status if row else None
-    return job.status if job else None
+    try:
+        async with transaction(rt.sessions) as db:
+            return await repository.retry_wait(db, job_id)
+    except UNAVAILABLE:
+        # Still down: the sweep sends the job again once it is back.
+        return None
 
 
 @shared_task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest(self: Task, job_id: str) -> None:
-    status = run(_process(uuid.UUID(job_id), self.request.hostname))
-    if status == JobStatus.queued:
-        # The job was put back for a retry: back off exponentially.
-        backoff = run(runtime()).settings.pipeline.ingest_retry_backoff_s
-        delay = backoff * 2**self.request.retries
-        raise self.retry(countdown=delay)
+    wait = run(_process(uuid.UUID(job_id), self.request.hostname))
+    if wait is not None:
+        raise self.retry(countdown=wait)
 
 
 def resume_queued(database_url: str, stale_after: timedelta, worker: str | None = None) -> int:
