@@ -1,9 +1,14 @@
 """Hot swap on the real in-process model: activating an adapter while /ask requests are in
-flight fails none of them, and each response names the adapter that produced it."""
+flight fails none of them, and each response names the adapter that produced it; from one
+adapter to another, requests in the engine across the swap finish on the one they started
+with and every later one runs on the new one."""
 
 import asyncio
+import time
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,3 +96,100 @@ async def test_activation_under_concurrent_asks(
     assert {a["adapter"] for a in answers} <= {None, adapter.name}
     after = await ask()
     assert after["adapter"] == adapter.name
+
+
+class Recorded:
+    """The backend, recording each completion: the adapter asked for, the adapter the engine
+    reports, and when it started and ended."""
+
+    def __init__(self, llm: InProcessBackend) -> None:
+        self.llm = llm
+        self.started: list[float] = []
+        self.calls: list[tuple[str | None, str | None, float, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.llm, name)
+
+    async def complete(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        started = time.monotonic()
+        self.started.append(started)
+        done = await self.llm.complete(messages, **kwargs)
+        self.calls.append((kwargs.get("adapter"), done.adapter, started, time.monotonic()))
+        return done
+
+
+@pytest.fixture(scope="module")
+def other_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    model, _ = load_base_model(model_dir)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    out = tmp_path_factory.mktemp("lora") / "other"
+    get_peft_model(model, config).save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.model
+async def test_a_swap_from_one_adapter_to_another_under_load(
+    committed_client, committed_runtime, real_llm, random_lora, other_lora
+):
+    client, runtime = committed_client, committed_runtime
+    runtime.llm = recorded = Recorded(real_llm)
+    tenant = await make_tenant(runtime, f"swap-ab-{uuid.uuid4().hex[:6]}")
+    for text in ("Ann adopted a cat named Tom.", "Ann lives in Lisbon.", "Ann works as a nurse."):
+        response = await client.post(
+            "/users/ann/memories", json={"text": text, "speaker": "Ann"}, headers=tenant.memory
+        )
+        assert response.status_code == 201
+    registered = []
+    async with runtime.sessions() as db:
+        for label, path in (("a", random_lora), ("b", other_lora)):
+            registered.append(
+                await adapters.register_candidate(
+                    db,
+                    tenant_id=tenant.tenant_id,
+                    agent="answer",
+                    name=f"answer-{label}-{uuid.uuid4().hex[:6]}",
+                    base_model=BUNDLED_MODEL_NAME,
+                    path=str(path),
+                    rank=4,
+                    validation_metrics=None,
+                    training_job_id=None,
+                )
+            )
+        await db.commit()
+    a, b = registered
+
+    async def activate(adapter_id: uuid.UUID) -> tuple[float, float]:
+        """When the activation was asked for, and when it was done."""
+        asked = time.monotonic()
+        response = await client.post(f"/admin/adapters/{adapter_id}/activate", headers=tenant.admin)
+        assert response.status_code == 200, response.text
+        return asked, time.monotonic()
+
+    async def ask() -> dict[str, Any]:
+        response = await client.post(
+            "/ask",
+            json={"user_id": "ann", "question": "Where does Ann live?", "top_k": 3},
+            headers=tenant.memory,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    await activate(a.id)
+    before = [asyncio.create_task(ask()) for _ in range(6)]
+    while not recorded.started:  # the first request is in the engine
+        await asyncio.sleep(0.01)
+    asked, swapped = await activate(b.id)
+    after = [asyncio.create_task(ask()) for _ in range(3)]
+    replies = await asyncio.gather(*before, *after)
+
+    # Each reply names the adapter the engine ran it under, which is the one it asked for.
+    assert all(asked == ran for asked, ran, _, _ in recorded.calls)
+    assert Counter(r["adapter"] for r in replies) == Counter(ran for _, ran, _, _ in recorded.calls)
+    # Requests in the engine before the swap was asked for and still there once it was done
+    # finished on A, which they started with; every request sent after it ran on B.
+    across = [ran for _, ran, start, end in recorded.calls if start < asked and end > swapped]
+    assert across and set(across) == {a.name}
+    assert {r["adapter"] for r in replies[-3:]} == {b.name}

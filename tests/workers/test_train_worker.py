@@ -132,16 +132,18 @@ async def start_long_job(client, runtime, settings, train_file, label):
     return tenant, job_id, run
 
 
-async def test_cancel_stops_the_run_and_activates_nothing(
+async def test_cancel_mid_training_stops_the_process_and_writes_no_adapter(
     committed_client, committed_runtime, settings, train_file, model_ready
 ):
     tenant, job_id, run = await start_long_job(
         committed_client, committed_runtime, settings, train_file, "cancel"
     )
-    for _ in range(300):
-        if (await _job(committed_runtime, job_id)).status == "running":
+    # Cancelled in the middle of training: after its first GRPO step has been reported.
+    for _ in range(600):
+        if (await _job(committed_runtime, job_id)).metrics.get("step", 0) >= 1:
             break
         await asyncio.sleep(0.5)
+    [child] = [c for c in multiprocessing.active_children() if c.name == f"train-{job_id}"]
     cancel = await committed_client.post(
         f"/admin/training-jobs/{job_id}/cancel", headers=tenant.admin
     )
@@ -149,7 +151,11 @@ async def test_cancel_stops_the_run_and_activates_nothing(
     await asyncio.wait_for(run, timeout=300)
     job = await _job(committed_runtime, job_id)
     assert job.status == "cancelled"
+    assert 1 <= job.metrics["step"] < 500
     assert job.adapter_id is None
+    assert not child.is_alive() and child.exitcode is not None
+    written = list(settings.adapter_root.glob(f"{tenant.tenant_id}/**/adapter_config.json"))
+    assert written == []
     async with transaction(committed_runtime.sessions) as db:
         count = await db.scalar(
             select(func.count()).select_from(Adapter).where(Adapter.tenant_id == tenant.tenant_id)
