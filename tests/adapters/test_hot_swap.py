@@ -168,16 +168,26 @@ async def test_a_swap_from_one_adapter_to_another_under_load(
         assert response.status_code == 200, response.text
         return asked, time.monotonic()
 
-    async def ask() -> dict[str, Any]:
+    async def ask(adapter: str = "active") -> dict[str, Any]:
         response = await client.post(
             "/ask",
-            json={"user_id": "ann", "question": "Where does Ann live?", "top_k": 3},
+            json={
+                "user_id": "ann",
+                "question": "Where does Ann live?",
+                "top_k": 3,
+                "answer_adapter": adapter,
+            },
             headers=tenant.memory,
         )
         assert response.status_code == 200, response.text
         return response.json()
 
     await activate(a.id)
+    # B is loaded already (tried by name), so activating it only moves the pointer: loading
+    # an adapter waits for the requests in the engine to finish, moving the pointer does not.
+    assert (await ask(str(b.id)))["adapter"] == b.name
+    recorded.started.clear()
+    recorded.calls.clear()
     before = [asyncio.create_task(ask()) for _ in range(6)]
     while not recorded.started:  # the first request is in the engine
         await asyncio.sleep(0.01)
