@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,17 @@ def subset(tmp_path: Path, name: str, source: str, questions: int) -> str:
 @pytest.fixture
 def train_file(tmp_path: Path) -> str:
     return subset(tmp_path, "train.json", "locomo_train_conv26.json", 4)
+
+
+@pytest.fixture(autouse=True)
+def no_training_left_behind() -> Iterator[None]:
+    """A test that fails mid-run leaves no training process behind: one would keep the test
+    session from exiting (multiprocessing joins its children at exit)."""
+    yield
+    for child in multiprocessing.active_children():
+        if child.name.startswith("train-"):
+            child.kill()
+            child.join()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +152,7 @@ async def test_cancel_mid_training_stops_the_process_and_writes_no_adapter(
     )
     # Cancelled in the middle of training: after its first GRPO step has been reported.
     for _ in range(600):
-        if (await _job(committed_runtime, job_id)).metrics.get("step", 0) >= 1:
+        if ((await _job(committed_runtime, job_id)).metrics or {}).get("step", 0) >= 1:
             break
         await asyncio.sleep(0.5)
     [child] = [c for c in multiprocessing.active_children() if c.name == f"train-{job_id}"]
