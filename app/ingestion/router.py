@@ -20,5 +20,5 @@ async def get_ingestion(
 async def retry_ingestion(
     job_id: uuid.UUID, principal: MemoryPrincipal, runtime: RuntimeDep
 ) -> IngestionRead:
-    """Queue a failed job again; it resumes after the last turn it processed."""
+    """Queue a failed job again; it resumes after the last fact it processed."""
     return await service.retry_job(runtime, principal.tenant_id, job_id)
