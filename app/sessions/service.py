@@ -97,35 +97,25 @@ async def post_turns(
 ) -> TurnsAccepted:
     await adapters.check_choice(runtime, tenant_id, Agent.manager, body.manager_adapter)
     stored = await accept_turns(runtime, tenant_id, session_external_id, body)
-    if not wait:
-        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
-        return TurnsAccepted(
-            session_id=session_external_id,
-            turn_ids=stored.turn_ids,
-            ingestion_job_id=stored.job_id,
-            status=JobStatus.queued,
-        )
-    try:
-        job = await ingestion.process_job(runtime, stored.job_id)
-    except Upstream as exc:
-        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
-        raise Upstream(
-            f"{exc.detail}. The {len(stored.turn_ids)} turns are stored and ingestion job "
-            f"{stored.job_id} will be retried in the background."
-        ) from exc
-    if job is None:
-        # A worker is ingesting this user's earlier turns: it runs this job next, in order.
-        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
-        return TurnsAccepted(
-            session_id=session_external_id,
-            turn_ids=stored.turn_ids,
-            ingestion_job_id=stored.job_id,
-            status=JobStatus.queued,
-        )
-    return TurnsAccepted(
+    job = None
+    if wait:
+        try:
+            # None while a worker is ingesting this user's earlier turns: it runs this job
+            # next, in order.
+            job = await ingestion.process_job(runtime, stored.job_id)
+        except Upstream as exc:
+            await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
+            raise Upstream(
+                f"{exc.detail}. The {len(stored.turn_ids)} turns are stored and ingestion job "
+                f"{stored.job_id} will be retried in the background."
+            ) from exc
+    accepted = TurnsAccepted(
         session_id=session_external_id,
         turn_ids=stored.turn_ids,
         ingestion_job_id=stored.job_id,
-        status=job.status,
-        operations=job.operations,
+        status=JobStatus.queued,
     )
+    if job is None:
+        await asyncio.to_thread(runtime.enqueue_ingestion, stored.job_id)
+        return accepted
+    return accepted.model_copy(update={"status": job.status, "operations": job.operations})

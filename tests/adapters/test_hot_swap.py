@@ -34,18 +34,56 @@ def real_llm(serving_model_dir: Path) -> InProcessBackend:
     )
 
 
-@pytest.fixture(scope="module")
-def random_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_lora_at(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA whose weights are random (not zero), so it really changes the outputs."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model, _ = load_base_model(model_dir)
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
-    peft_model = get_peft_model(model, config)
-    out = tmp_path_factory.mktemp("lora") / "random"
-    peft_model.save_pretrained(str(out))
+    get_peft_model(model, config).save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def random_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_lora_at(model_dir, tmp_path_factory.mktemp("lora") / "random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_lora_at(model_dir, tmp_path_factory.mktemp("lora") / "other", seed=1)
+
+
+async def ann_with_adapters(
+    client: Any, runtime: Any, label: str, *paths: Path
+) -> tuple[Any, list[Any]]:
+    """A tenant whose user Ann has three memories, and answer adapters registered (as
+    candidates) for ``paths``."""
+    tenant = await make_tenant(runtime, f"{label}-{uuid.uuid4().hex[:6]}")
+    for text in ("Ann adopted a cat named Tom.", "Ann lives in Lisbon.", "Ann works as a nurse."):
+        response = await client.post(
+            "/users/ann/memories", json={"text": text, "speaker": "Ann"}, headers=tenant.memory
+        )
+        assert response.status_code == 201
+    registered = []
+    async with runtime.sessions() as db:
+        for n, path in enumerate(paths):
+            registered.append(
+                await adapters.register_candidate(
+                    db,
+                    tenant_id=tenant.tenant_id,
+                    agent="answer",
+                    name=f"answer-{label}-{n}-{uuid.uuid4().hex[:6]}",
+                    base_model=BUNDLED_MODEL_NAME,
+                    path=str(path),
+                    rank=4,
+                    validation_metrics=None,
+                    training_job_id=None,
+                )
+            )
+        await db.commit()
+    return tenant, registered
 
 
 @pytest.mark.model
@@ -54,25 +92,7 @@ async def test_activation_under_concurrent_asks(
 ):
     client, runtime = committed_client, committed_runtime
     runtime.llm = real_llm
-    tenant_a = await make_tenant(runtime, f"swap-{uuid.uuid4().hex[:6]}")
-    for text in ("Ann adopted a cat named Tom.", "Ann lives in Lisbon.", "Ann works as a nurse."):
-        response = await client.post(
-            "/users/ann/memories", json={"text": text, "speaker": "Ann"}, headers=tenant_a.memory
-        )
-        assert response.status_code == 201
-    async with runtime.sessions() as db:
-        adapter = await adapters.register_candidate(
-            db,
-            tenant_id=tenant_a.tenant_id,
-            agent="answer",
-            name=f"answer-swap-{uuid.uuid4().hex[:6]}",
-            base_model=BUNDLED_MODEL_NAME,
-            path=str(random_lora),
-            rank=4,
-            validation_metrics=None,
-            training_job_id=None,
-        )
-        await db.commit()
+    tenant_a, [adapter] = await ann_with_adapters(client, runtime, "swap", random_lora)
 
     async def ask() -> dict:
         response = await client.post(
@@ -118,48 +138,13 @@ class Recorded:
         return done
 
 
-@pytest.fixture(scope="module")
-def other_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    model, _ = load_base_model(model_dir)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    out = tmp_path_factory.mktemp("lora") / "other"
-    get_peft_model(model, config).save_pretrained(str(out))
-    return out
-
-
 @pytest.mark.model
 async def test_a_swap_from_one_adapter_to_another_under_load(
     committed_client, committed_runtime, real_llm, random_lora, other_lora
 ):
     client, runtime = committed_client, committed_runtime
     runtime.llm = recorded = Recorded(real_llm)
-    tenant = await make_tenant(runtime, f"swap-ab-{uuid.uuid4().hex[:6]}")
-    for text in ("Ann adopted a cat named Tom.", "Ann lives in Lisbon.", "Ann works as a nurse."):
-        response = await client.post(
-            "/users/ann/memories", json={"text": text, "speaker": "Ann"}, headers=tenant.memory
-        )
-        assert response.status_code == 201
-    registered = []
-    async with runtime.sessions() as db:
-        for label, path in (("a", random_lora), ("b", other_lora)):
-            registered.append(
-                await adapters.register_candidate(
-                    db,
-                    tenant_id=tenant.tenant_id,
-                    agent="answer",
-                    name=f"answer-{label}-{uuid.uuid4().hex[:6]}",
-                    base_model=BUNDLED_MODEL_NAME,
-                    path=str(path),
-                    rank=4,
-                    validation_metrics=None,
-                    training_job_id=None,
-                )
-            )
-        await db.commit()
-    a, b = registered
+    tenant, [a, b] = await ann_with_adapters(client, runtime, "swap-ab", random_lora, other_lora)
 
     async def activate(adapter_id: uuid.UUID) -> tuple[float, float]:
         """When the activation was asked for, and when it was done."""
