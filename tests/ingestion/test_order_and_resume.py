@@ -182,15 +182,21 @@ async def test_a_starting_worker_queues_again_only_its_own_running_jobs(
         assert (await db.get(IngestionJob, theirs.job_id)).status == JobStatus.running
 
 
+async def two_jobs_the_model_fails_once(runtime: Any, label: str) -> tuple[Any, Any, Any]:
+    """A tenant whose user has two jobs, and a model unreachable for its first call."""
+    tenant = await make_tenant(runtime, f"{label}-{uuid.uuid4().hex[:6]}")
+    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
+    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
+    runtime.llm = FakeLLM([Upstream("model server unreachable")], responder=fact_per_turn)
+    return tenant, first, second
+
+
 async def test_a_job_failed_for_good_does_not_hold_up_the_users_next_one(
     committed_runtime, monkeypatch
 ):
     runtime = committed_runtime
     monkeypatch.setattr(runtime.settings.pipeline, "ingest_max_attempts", 1)
-    tenant = await make_tenant(runtime, f"failed-{uuid.uuid4().hex[:6]}")
-    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
-    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
-    runtime.llm = FakeLLM([Upstream("model server unreachable")], responder=fact_per_turn)
+    tenant, first, second = await two_jobs_the_model_fails_once(runtime, "failed")
 
     with pytest.raises(Upstream):
         await ingestion.process_job(runtime, second.job_id)
@@ -207,10 +213,7 @@ async def test_every_message_for_a_job_waits_out_its_backoff_and_a_retry_is_one_
 ):
     runtime = committed_runtime
     monkeypatch.setattr(runtime.settings.pipeline, "ingest_retry_backoff_s", 0.5)
-    tenant = await make_tenant(runtime, f"backoff-{uuid.uuid4().hex[:6]}")
-    first = await sessions.accept_turns(runtime, tenant.tenant_id, "s1", andrew_said(["one"]))
-    second = await sessions.accept_turns(runtime, tenant.tenant_id, "s2", andrew_said(["two"]))
-    runtime.llm = FakeLLM([Upstream("model server unreachable")], responder=fact_per_turn)
+    tenant, first, second = await two_jobs_the_model_fails_once(runtime, "backoff")
     with pytest.raises(Upstream):
         await ingestion.process_job(runtime, first.job_id)
 
