@@ -27,8 +27,8 @@ test: setup services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check app workers training tests bench migrations
-	$(BIN)/ruff format --check app workers training tests bench migrations
+	$(BIN)/ruff check app workers training tests bench migrations memory_r1
+	$(BIN)/ruff format --check app workers training tests bench migrations memory_r1
 
 bench-retrieval: setup
 	$(BIN)/python -m bench.retrieval

@@ -1,4 +1,4 @@
-"""`memory-r1`: serve, worker, migrate, keys, adapters, eval."""
+"""`memory-r1`: serve, worker, migrate, keys, adapters, eval, mcp."""
 
 import argparse
 import asyncio
@@ -240,6 +240,20 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from memory_r1 import mcp_server
+
+    mcp_server.run(
+        args.user,
+        base_url=args.url,
+        api_key=args.api_key,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memory-r1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--activate", action="store_true", help="make it the agent's active adapter"
     )
     adapter_cmd.set_defaults(func=cmd_adapters)
+
+    mcp = sub.add_parser(
+        "mcp", help="an MCP server giving an agent one user's memory (stdio or streamable HTTP)"
+    )
+    mcp.add_argument("--user", required=True, help="the user id every tool reads and writes")
+    mcp.add_argument("--url", help="the service's URL (default: $MEMR1_URL or :8080 locally)")
+    mcp.add_argument("--api-key", help="a memory-scope key (default: $MEMR1_API_KEY)")
+    mcp.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    mcp.add_argument("--host", default="127.0.0.1", help="--transport http: address to bind")
+    mcp.add_argument("--port", type=int, default=8765, help="--transport http: port (at /mcp)")
+    mcp.set_defaults(func=cmd_mcp)
 
     from training.eval.cli import add_arguments
 

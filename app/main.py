@@ -12,6 +12,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from app.core.runtime import Runtime, build_runtime
+from app.episodes.router import router as episodes_router
 from app.feedback.router import router as feedback_router
 from app.health.router import router as health_router
 from app.ingestion.router import router as ingestion_router
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         memories_router,
         users_router,
         ask_router,
+        episodes_router,
         feedback_router,
         training_router,
         adapters_router,

@@ -57,7 +57,7 @@ StorableJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 AdapterChoice = Annotated[
     str,
     Field(
-        pattern=r"^(active|base|[0-9a-fA-F-]{36})$",
+        pattern=r"^(active|base|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
         description="'active' (the agent's active adapter), 'base' (no adapter) or an adapter id",
     ),
 ]

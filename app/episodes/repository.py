@@ -1,11 +1,12 @@
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.llm.backend import Completion
-from app.models import Episode
+from app.models import Episode, Feedback
 
 
 async def add(
@@ -45,3 +46,8 @@ async def get(session: AsyncSession, tenant_id: uuid.UUID, episode_id: uuid.UUID
     return await session.scalar(
         select(Episode).where(Episode.tenant_id == tenant_id, Episode.id == episode_id)
     )
+
+
+async def feedback_of(session: AsyncSession, episode_id: uuid.UUID) -> Sequence[Feedback]:
+    query = select(Feedback).where(Feedback.episode_id == episode_id).order_by(Feedback.created_at)
+    return (await session.scalars(query)).all()

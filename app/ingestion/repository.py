@@ -45,6 +45,19 @@ async def get_job(
     return await session.scalar(query)
 
 
+async def list_for_user(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID, limit: int, offset: int
+) -> Sequence[IngestionJob]:
+    query = (
+        select(IngestionJob)
+        .where(IngestionJob.tenant_id == tenant_id, IngestionJob.user_id == user_id)
+        .order_by(IngestionJob.created_at.desc(), IngestionJob.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return (await session.scalars(query)).all()
+
+
 async def claim(
     session: AsyncSession, job_id: uuid.UUID, worker: str | None = None
 ) -> IngestionJob | None:

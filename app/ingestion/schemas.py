@@ -2,7 +2,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Self
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.models import IngestionJob
 
@@ -34,3 +34,8 @@ class IngestionRead(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
         )
+
+
+class IngestionPage(BaseModel):
+    items: list[IngestionRead]
+    next_offset: int | None = Field(None, description="Pass as ?offset= for the next page.")

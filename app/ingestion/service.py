@@ -26,7 +26,7 @@ from app.core.runtime import Runtime
 from app.episodes import repository as episodes
 from app.episodes.views import fact_from_json, fact_json, view_json
 from app.ingestion import repository
-from app.ingestion.schemas import IngestionRead
+from app.ingestion.schemas import IngestionPage, IngestionRead
 from app.memories import repository as memories
 from app.memories import service as memories_service
 from app.memory.extractor import Extraction, extract_facts
@@ -35,6 +35,8 @@ from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
 from app.memory.schemas import Fact, OpKind, as_views
 from app.models import Agent, IngestionJob, JobStatus, Turn
 from app.sessions import repository as turns_repository
+from app.sessions.schemas import TurnRead
+from app.users import service as users_service
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,25 @@ async def get_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
         if job is None:
             raise NotFound(f"ingestion job {job_id} not found")
         return IngestionRead.from_job(job)
+
+
+async def list_jobs(
+    runtime: Runtime, tenant_id: uuid.UUID, user_external_id: str, limit: int, offset: int
+) -> IngestionPage:
+    async with transaction(runtime.sessions) as db:
+        user = await users_service.require_user(db, tenant_id, user_external_id)
+        jobs = await repository.list_for_user(db, tenant_id, user.id, limit, offset)
+        items = [IngestionRead.from_job(job) for job in jobs]
+    return IngestionPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+
+
+async def job_turns(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[TurnRead]:
+    async with transaction(runtime.sessions) as db:
+        job = await repository.get_job(db, job_id, tenant_id)
+        if job is None:
+            raise NotFound(f"ingestion job {job_id} not found")
+        turns = await turns_repository.get_turns(db, tenant_id, job.turn_ids)
+        return [TurnRead.model_validate(t, from_attributes=True) for t in turns]
 
 
 async def retry_job(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> IngestionRead:

@@ -1,10 +1,10 @@
 import uuid
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import User
+from app.models import Memory, User
 
 
 async def find(session: AsyncSession, tenant_id: uuid.UUID, external_id: str) -> User | None:
@@ -31,3 +31,21 @@ async def delete_user(session: AsyncSession, user_id: uuid.UUID) -> None:
 
 async def get(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> User | None:
     return await session.scalar(select(User).where(User.tenant_id == tenant_id, User.id == user_id))
+
+
+async def list_with_counts(
+    session: AsyncSession, tenant_id: uuid.UUID, limit: int, offset: int
+) -> list[tuple[User, int]]:
+    live = (
+        select(func.count(Memory.id))
+        .where(Memory.user_id == User.id, Memory.deleted_at.is_(None))
+        .scalar_subquery()
+    )
+    query = (
+        select(User, live)
+        .where(User.tenant_id == tenant_id)
+        .order_by(User.external_id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(user, count) for user, count in (await session.execute(query)).all()]

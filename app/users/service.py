@@ -6,6 +6,7 @@ from app.adapters import repository as adapters
 from app.core.errors import NotFound
 from app.models import User
 from app.users import repository
+from app.users.schemas import UserPage, UserRead
 
 
 async def require_user(session: AsyncSession, tenant_id: uuid.UUID, external_id: str) -> User:
@@ -31,3 +32,14 @@ async def require_user_by_id(
     if user is None:
         raise NotFound(f"user {user_id} not found")
     return user
+
+
+async def list_users(
+    session: AsyncSession, tenant_id: uuid.UUID, limit: int, offset: int
+) -> UserPage:
+    rows = await repository.list_with_counts(session, tenant_id, limit, offset)
+    items = [
+        UserRead(user_id=user.external_id, created_at=user.created_at, memory_count=count)
+        for user, count in rows
+    ]
+    return UserPage(items=items, next_offset=offset + limit if len(items) == limit else None)

@@ -49,7 +49,11 @@ class _Progress:
                 return
             match kind:
                 case "metrics":
-                    self.metrics = {**self.metrics, **payload}
+                    # Step reports also build the history the console draws curves from.
+                    history = self.metrics.get("history", [])
+                    if "step" in payload:
+                        history = [*history, payload]
+                    self.metrics = {**self.metrics, **payload, "history": history}
                 case "log":
                     self.logs.append(payload)
                 case "result":
