@@ -76,3 +76,8 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[
     datetime, AfterValidator(_as_utc), Field(description="ISO 8601; no offset means UTC.")
 ]
+
+
+def next_offset(offset: int, limit: int, returned: int) -> int | None:
+    """The offset of the next page, or None when this page was the last (came back short)."""
+    return offset + limit if returned == limit else None

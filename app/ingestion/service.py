@@ -23,6 +23,7 @@ from app.adapters import service as adapters
 from app.core.db import UNAVAILABLE, transaction
 from app.core.errors import AppError, Conflict, NotFound, Upstream
 from app.core.runtime import Runtime
+from app.core.schemas import next_offset
 from app.episodes import repository as episodes
 from app.episodes.views import fact_from_json, fact_json, view_json
 from app.ingestion import repository
@@ -63,7 +64,7 @@ async def list_jobs(
         user = await users_service.require_user(db, tenant_id, user_external_id)
         jobs = await repository.list_for_user(db, tenant_id, user.id, limit, offset)
         items = [IngestionRead.from_job(job) for job in jobs]
-    return IngestionPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+    return IngestionPage(items=items, next_offset=next_offset(offset, limit, len(items)))
 
 
 async def job_turns(runtime: Runtime, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[TurnRead]:

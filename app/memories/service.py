@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import LimitSettings
 from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.schemas import next_offset
 from app.embeddings import Embedder
 from app.memories import repository
 from app.memories.schemas import (
@@ -119,7 +120,7 @@ async def list_or_search(
     rows = await repository.list_page(db, tenant_id, user.id, limit, offset)
     return MemoryPage(
         items=[to_read(m, user.external_id) for m in rows],
-        next_offset=offset + limit if len(rows) == limit else None,
+        next_offset=next_offset(offset, limit, len(rows)),
     )
 
 

@@ -4,6 +4,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import repository as adapters
 from app.core.errors import NotFound
+from app.core.schemas import next_offset
 from app.models import User
 from app.users import repository
 from app.users.schemas import UserPage, UserRead
@@ -42,4 +43,4 @@ async def list_users(
         UserRead(user_id=user.external_id, created_at=user.created_at, memory_count=count)
         for user, count in rows
     ]
-    return UserPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+    return UserPage(items=items, next_offset=next_offset(offset, limit, len(items)))
