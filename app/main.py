@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app.adapters import service as adapters
 from app.adapters.router import router as adapters_router
 from app.ask.router import router as ask_router
+from app.console import mount_console
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.middleware import BodySizeLimitMiddleware, MetricsMiddleware
@@ -63,4 +64,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         adapters_router,
     ):
         app.include_router(router)
+    mount_console(app)
     return app
