@@ -13,6 +13,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from app.core.runtime import Runtime, build_runtime
+from app.core.tracing import instrument_app
 from app.episodes.router import router as episodes_router
 from app.feedback.router import router as feedback_router
 from app.health.router import router as health_router
@@ -65,4 +66,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     ):
         app.include_router(router)
     mount_console(app)
+    instrument_app(app, settings.tracing)
     return app

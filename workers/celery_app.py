@@ -6,9 +6,11 @@ import uuid
 from functools import lru_cache
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init
 
 from app.core.config import Settings, get_settings
 from app.core.db import sync_url
+from app.core.tracing import configure_tracing
 
 INGEST_QUEUE = "ingest"
 TRAINING_QUEUE = "training"
@@ -37,6 +39,13 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return celery
+
+
+@worker_init.connect  # the solo and threads pools run tasks in the worker itself
+@worker_process_init.connect  # prefork: each child (the span exporter survives the fork)
+def _trace_worker(**_: object) -> None:
+    """The worker's processes export their spans, when tracing is on."""
+    configure_tracing(get_settings().tracing)
 
 
 @lru_cache

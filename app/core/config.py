@@ -7,6 +7,7 @@ Every field can be set as ``MEMR1_<FIELD>``; nested groups use ``__``
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr
@@ -155,6 +156,20 @@ class PipelineSettings(BaseModel):
     )
 
 
+class TracingSettings(BaseModel):
+    enabled: bool = Field(False, description="Export OpenTelemetry traces (see app.core.tracing).")
+    exporter: Literal["otlp", "console"] = Field(
+        "otlp", description="otlp: OTLP over HTTP; console: print spans to stdout."
+    )
+    endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL, e.g. http://localhost:4318/v1/traces. Unset: the "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else "
+        "localhost:4318.",
+    )
+    service_name: str = Field("memory-r1", description="service.name of the spans.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEMR1_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -197,6 +212,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     limits: LimitSettings = LimitSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @property
     def adapter_root(self) -> Path:

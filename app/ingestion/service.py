@@ -24,6 +24,7 @@ from app.core.db import UNAVAILABLE, transaction
 from app.core.errors import AppError, Conflict, NotFound, Upstream
 from app.core.runtime import Runtime
 from app.core.schemas import next_offset
+from app.core.tracing import APPLY, EXTRACT, INGESTION_JOB, MANAGE, record_completion, tracer
 from app.episodes import repository as episodes
 from app.episodes.views import fact_from_json, fact_json, view_json
 from app.ingestion import repository
@@ -115,7 +116,11 @@ async def process_job(
             turns = await turns_repository.get_turns(db, job.tenant_id, job.turn_ids)
         beat = asyncio.create_task(_heartbeat(runtime, job))
         try:
-            done = await _run(runtime, job, turns)
+            with tracer.start_as_current_span(
+                INGESTION_JOB,
+                attributes={"memory_r1.job_id": str(job.id), "memory_r1.turns": len(turns)},
+            ):
+                done = await _run(runtime, job, turns)
         except LostClaim:
             log.warning("ingestion %s: queued again while this worker ran it; stopping", job.id)
             return None
@@ -270,22 +275,28 @@ async def _extract_all(runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -
     max_facts = runtime.settings.pipeline.max_facts_per_turn
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(
-                    extract_facts(
-                        runtime.llm,
-                        speaker=turn.speaker,
-                        text=turn.text,
-                        occurred_at=turn.occurred_at,
-                        adapter=ctx.extractor,
-                        max_facts=max_facts,
-                    )
-                )
-                for turn in turns
-            ]
+            tasks = [group.create_task(_extract(runtime, ctx, turn, max_facts)) for turn in turns]
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]
+
+
+async def _extract(runtime: Runtime, ctx: _Context, turn: Turn, max_facts: int) -> Extraction:
+    with tracer.start_as_current_span(EXTRACT) as span:
+        extraction = await extract_facts(
+            runtime.llm,
+            speaker=turn.speaker,
+            text=turn.text,
+            occurred_at=turn.occurred_at,
+            adapter=ctx.extractor,
+            max_facts=max_facts,
+        )
+        record_completion(
+            span,
+            extraction.completion,
+            **{"memory_r1.facts": len(extraction.facts), "memory_r1.error": extraction.error},
+        )
+    return extraction
 
 
 async def _log_extraction(
@@ -318,9 +329,21 @@ async def _manage_fact(
         )
     seen = {memory.id: memory.version for memory, _ in hits}
     candidates = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
-    decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
-    nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
-    decision = check_noop(decision, fact, nearest, runtime.settings.pipeline.noop_min_similarity)
+    with tracer.start_as_current_span(MANAGE) as span:
+        decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
+        nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
+        noop_min = runtime.settings.pipeline.noop_min_similarity
+        decision = check_noop(decision, fact, nearest, noop_min)
+        record_completion(
+            span,
+            decision.completion,
+            **{
+                "memory_r1.candidates": len(candidates),
+                "memory_r1.operations": [op.kind.value for op in decision.operations],
+                "memory_r1.rejected": len(decision.rejected),
+                "memory_r1.error": decision.error,
+            },
+        )
     texts = [op.text for op in decision.operations if op.kind != OpKind.DELETE and op.text]
     embeddings = dict(zip(texts, await runtime.embedder.embed(texts), strict=True))
     async with transaction(runtime.sessions) as db:
@@ -342,17 +365,19 @@ async def _manage_fact(
             error=decision.error,
             model=runtime.llm.base_model,
         )
-        applied, stale = await memories_service.apply_operations(
-            db,
-            tenant_id=job.tenant_id,
-            user_id=job.user_id,
-            operations=decision.operations,
-            seen_versions=seen,
-            embeddings=embeddings,
-            fact=fact,
-            source_turn_id=turn.id,
-            episode_id=episode.id,
-        )
+        with tracer.start_as_current_span(APPLY) as span:
+            applied, stale = await memories_service.apply_operations(
+                db,
+                tenant_id=job.tenant_id,
+                user_id=job.user_id,
+                operations=decision.operations,
+                seen_versions=seen,
+                embeddings=embeddings,
+                fact=fact,
+                source_turn_id=turn.id,
+                episode_id=episode.id,
+            )
+            span.set_attributes({"memory_r1.applied": len(applied), "memory_r1.stale": len(stale)})
         result = {
             **result,
             "operations": result["operations"] + applied,

@@ -17,6 +17,7 @@ from app.adapters import repository as adapters_repository
 from app.adapters import service as adapters
 from app.core.config import Settings, get_settings
 from app.core.db import transaction
+from app.core.tracing import TRAINING_JOB, tracer
 from app.models import JobStatus, TrainingJob
 from app.training_jobs import repository
 from training.pipeline import JobSpec, run_job
@@ -31,7 +32,8 @@ MAX_EPISODES = 5000
 
 @shared_task(name=TRAIN_TASK)
 def train(job_id: str) -> None:
-    run(train_job(sessions(), get_settings(), uuid.UUID(job_id)))
+    with tracer.start_as_current_span(TRAINING_JOB, attributes={"memory_r1.job_id": job_id}):
+        run(train_job(sessions(), get_settings(), uuid.UUID(job_id)))
 
 
 @dataclass
