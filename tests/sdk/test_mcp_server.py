@@ -1,9 +1,13 @@
 """The MCP server, driven by the official SDK's client: in process, and as `memory-r1 mcp`
 over stdio, against the real app on a socket."""
 
+import asyncio
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +85,41 @@ async def test_memory_r1_mcp_over_stdio(served: Served) -> None:
     async with Client(params) as mcp:
         hits = _structured(await mcp.call_tool("search_memories", {"query": "Lisbon"}))["result"]
     assert [h["text"] for h in hits] == ["Alice lives in Lisbon."]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_memory_r1_mcp_over_streamable_http(served: Served) -> None:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await AsyncClient(served.base_url, served.key).add_memory(user, "Alice works as a nurse.")
+    port = _free_port()
+    command = Path(sys.executable).with_name("memory-r1")
+    server = subprocess.Popen(
+        [str(command), "mcp", "--user", user, "--url", served.base_url]
+        + ["--transport", "http", "--port", str(port)],
+        env={**os.environ, "MEMR1_API_KEY": served.key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until it listens
+            assert server.poll() is None, server.stderr.read() if server.stderr else b""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "memory-r1 mcp did not listen in 60 s"
+                await asyncio.sleep(0.2)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as mcp:
+            names = {t.name for t in (await mcp.list_tools()).tools}
+            hits = _structured(await mcp.call_tool("search_memories", {"query": "job"}))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "remember" in names and "ask" in names
+    assert [h["text"] for h in hits["result"]] == ["Alice works as a nurse."]
