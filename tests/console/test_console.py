@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -381,3 +382,22 @@ def test_readable_on_a_phone(
         browser.save_screenshot(str(shots / "console-phone.png"))
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy(served: Served) -> None:
+    with httpx.Client(base_url=served.base_url) as http:
+        assert http.get("/console", follow_redirects=False).status_code in (307, 308)
+        page = http.get("/console/")
+        script = http.get("/console/console.js")
+    assert page.status_code == 200 and "<main" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert script.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    # Every browser test above ran under this policy: an inline script or a foreign request
+    # would have been refused and the view never drawn.
+
+
+def test_no_script_errors_or_refused_content_along_the_way(browser: WebDriver) -> None:
+    """What the browser logged through every test above: no uncaught error, nothing the
+    content security policy refused (refused API calls, 401 and 403, are expected)."""
+    messages = [entry["message"] for entry in browser.get_log("browser")]
+    assert not [m for m in messages if "Uncaught" in m or "Content Security Policy" in m], messages
