@@ -253,6 +253,29 @@ def test_feedback_on_an_answer_from_the_page(
     ]
 
 
+def test_forget_a_memory_from_the_bank(
+    browser: WebDriver, served: Served, bank: dict[str, Any]
+) -> None:
+    with Client(served.base_url, served.key) as client:
+        rain = client.add_memory(bank["user"], "Ann dislikes rain.", speaker="Ann")
+    browser.get(f"{served.base_url}/console/#/users/{bank['user']}")
+    browser.refresh()  # the page may show this bank already, from before the memory was added
+    wait_for(browser, "ol.memories", "Ann dislikes rain.")
+    button = browser.find_element(By.XPATH, "//button[. = 'Forget “Ann dislikes rain.”']")
+    button.click()
+    WebDriverWait(browser, 10).until(ec.alert_is_present())
+    browser.switch_to.alert.dismiss()  # changed their mind: nothing happens
+    assert "Ann dislikes rain." in browser.find_element(By.CSS_SELECTOR, "ol.memories").text
+    button.click()
+    WebDriverWait(browser, 10).until(ec.alert_is_present())
+    browser.switch_to.alert.accept()
+    wait_for(browser, "#status", "Forgot “Ann dislikes rain.”")
+    assert "Ann dislikes rain." not in browser.find_element(By.CSS_SELECTOR, "ol.memories").text
+    with Client(served.base_url, served.key) as client:
+        assert client.memory(rain.id).deleted_at is not None
+        assert [e.op for e in client.memory_history(rain.id)][-1] == "DELETE"
+
+
 def test_an_ingestion_job_and_its_turns(
     browser: WebDriver, served: Served, bank: dict[str, Any]
 ) -> None:

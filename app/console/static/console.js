@@ -201,7 +201,7 @@ async function usersView() {
   await load();
 }
 
-function memoryItem(memory) {
+function memoryItem(memory, forget) {
   return h(
     "li",
     { class: "memory" },
@@ -214,7 +214,14 @@ function memoryItem(memory) {
       when(memory.updated_at),
       memory.score === null ? "" : ` · similarity ${memory.score.toFixed(2)}`,
       " · ",
-      h("a", { href: `#/memories/${memory.id}` }, "History", h("span", { class: "sr" }, ` of “${memory.text}”`))
+      h("a", { href: `#/memories/${memory.id}` }, "History", h("span", { class: "sr" }, ` of “${memory.text}”`)),
+      " · ",
+      h(
+        "button",
+        { type: "button", class: "quiet", onclick: () => forget(memory) },
+        "Forget",
+        h("span", { class: "sr" }, ` “${memory.text}”`)
+      )
     )
   );
 }
@@ -237,11 +244,23 @@ async function userView(userId) {
     h("input", { id: "q", name: "q", type: "search", placeholder: "What does the user like?" }),
     h("button", { type: "submit" }, "Search")
   );
+  let shown = ""; // the search the bank shows
+  async function forget(memory) {
+    if (!confirm(`Forget “${memory.text}”? Its history keeps what it said.`)) return;
+    try {
+      await api("DELETE", `/memories/${memory.id}`);
+      await loadBank(shown);
+      say(`Forgot “${memory.text}”.`);
+    } catch (error) {
+      fail(error);
+    }
+  }
   async function loadBank(query) {
+    shown = query;
     const page = await get(
       `${base}/memories?limit=200` + (query ? `&query=${encodeURIComponent(query)}` : "")
     );
-    bank.replaceChildren(...page.items.map(memoryItem));
+    bank.replaceChildren(...page.items.map((memory) => memoryItem(memory, forget)));
     count.textContent = query
       ? `${page.items.length} memories, most similar to “${query}” first`
       : `${page.items.length}${page.next_offset === null ? "" : "+"} memories, newest first`;
