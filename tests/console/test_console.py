@@ -30,6 +30,7 @@ from app.core.config import Settings
 from app.core.db import transaction
 from app.core.runtime import Runtime
 from app.models import JobStatus, Scope, TrainingJob
+from app.tenants import service as tenants
 from memory_r1.client import Client, Turn
 from tests.adapters.test_api import adapter_dir
 from tests.api.helpers import answered, extracted
@@ -355,6 +356,30 @@ def test_a_memory_key_sees_no_admin_views(browser: WebDriver, served: Served) ->
     assert shown == ["Users"]
     browser.get(f"{served.base_url}/console/#/adapters")
     heading(browser, "Not allowed")
+
+
+def test_a_key_revoked_while_signed_in_signs_out_and_says_why(
+    browser: WebDriver, served: Served
+) -> None:
+    async def issue(runtime: Runtime) -> tuple[str, uuid.UUID]:
+        async with transaction(runtime.sessions) as db:
+            issued = await tenants.create_key(
+                db, tenant_id=served.tenant_id, name="revoked-later", scopes=[Scope.admin]
+            )
+        return issued.plaintext, issued.key_id
+
+    key, key_id = served.call(issue)
+    sign_in(browser, served, key)
+    heading(browser, "Training jobs")
+
+    async def revoke(runtime: Runtime) -> None:
+        async with transaction(runtime.sessions) as db:
+            await tenants.revoke_key(db, key_id)
+
+    served.call(revoke)
+    browser.find_element(By.LINK_TEXT, "Adapters").click()
+    heading(browser, "Sign in")
+    assert "API key" in wait_for(browser, "#alert", "401").text
 
 
 def test_every_control_is_labelled_and_the_skip_link_comes_first(

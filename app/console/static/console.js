@@ -44,7 +44,6 @@ function h(tag, attrs, ...children) {
   for (const [name, value] of Object.entries(attrs || {})) {
     if (value === false || value === null || value === undefined) continue;
     if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
-    else if (name === "text") el.textContent = value;
     else el.setAttribute(name, value === true ? "" : value);
   }
   for (const child of children.flat(Infinity)) {
@@ -138,8 +137,7 @@ async function signIn(event) {
     if (!found.length) throw new Error("This key has neither the memory nor the admin scope.");
     sessionStorage.setItem(SCOPES, JSON.stringify(found));
     say("Signed in.");
-    location.hash = found.includes("memory") ? "#/users" : "#/training";
-    render();
+    go(found.includes("memory") ? "#/users" : "#/training");
   } catch (error) {
     sessionStorage.removeItem(KEY);
     fail(error);
@@ -149,8 +147,13 @@ async function signIn(event) {
 function signOut() {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(SCOPES);
-  if (location.hash !== "#/") location.hash = "#/";
-  else render();
+  go("#/");
+}
+
+// Show the view of ``hash``: a new hash renders through hashchange, the same one directly.
+function go(hash) {
+  if (location.hash === hash) render();
+  else location.hash = hash;
 }
 
 function loginView() {
@@ -479,6 +482,7 @@ async function ingestionView(jobId, again) {
     get(`/ingestions/${jobId}`),
     again ? null : get(`/ingestions/${jobId}/turns`),
   ]);
+  if (again && location.hash !== `#/ingestions/${jobId}`) return; // the reader went elsewhere
   const progress = h(
     "div",
     { id: "job" },
@@ -592,8 +596,9 @@ function series(history, key) {
   return history.filter((r) => typeof r[key] === "number").map((r) => [r.step, r[key]]);
 }
 
-async function trainingJobView(jobId) {
+async function trainingJobView(jobId, again) {
   const job = await get(`/admin/training-jobs/${jobId}`);
+  if (again && location.hash !== `#/training/${jobId}`) return; // the reader went elsewhere
   const m = job.metrics || {};
   const history = m.history || [];
   const running = !TERMINAL.has(job.status);
@@ -634,15 +639,15 @@ async function trainingJobView(jobId) {
     ),
     section("Log", h("pre", { class: "log", tabindex: "0", "aria-label": "Log tail" }, job.log_tail || "(empty)")),
   ];
-  if (document.getElementById("training-job")) {
+  if (again) {
     // A refresh: keep the heading and the reader's place; replace the rest.
     document.getElementById("training-job").replaceChildren(...content.flat());
+    if (focusInside) main().querySelector("h1").focus();
   } else {
     show(`Training job ${jobId.slice(0, 8)}`, h("div", { id: "training-job" }, ...content.flat()));
   }
-  if (focusInside) main().querySelector("h1").focus();
   function refresh() {
-    trainingJobView(jobId).catch(fail);
+    trainingJobView(jobId, true).catch(fail);
   }
   if (running) poll = setTimeout(refresh, 3000);
 }
@@ -752,12 +757,15 @@ async function render() {
     }
     return;
   }
-  location.hash = scopes().includes("memory") ? "#/users" : "#/training";
+  go(scopes().includes("memory") ? "#/users" : "#/training");
 }
 
 window.addEventListener("hashchange", () => {
-  document.getElementById("alert").textContent = "";
-  document.getElementById("status").textContent = "";
+  if (sessionStorage.getItem(KEY)) {
+    // A new view starts without the last one's messages; the one that signed out stays.
+    document.getElementById("alert").textContent = "";
+    document.getElementById("status").textContent = "";
+  }
   render();
 });
 document.addEventListener("DOMContentLoaded", () => {
