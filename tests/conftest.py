@@ -24,6 +24,7 @@ from app.models import Scope
 from app.tenants import service as tenants
 from tests.fixtures.database import database_url, pg_server  # noqa: F401  (fixtures)
 from tests.fixtures.fake_llm import FakeLLM
+from tests.fixtures.otlp import Traced
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,6 +58,13 @@ def serving_model_dir(settings: Settings) -> Path:
     """The bundled SmolLM2 as the in-process backend serves it (GGUF + tokenizer), once per
     test session."""
     return ensure_bundled_gguf(settings.data_dir, settings.llm.weights)
+
+
+@pytest.fixture(scope="session")
+def traced() -> Traced:
+    """Tracing on in this process from the first test that asks, for the rest of the session
+    (one global tracer provider per process), spans kept in memory."""
+    return Traced()
 
 
 @pytest.fixture(scope="session")

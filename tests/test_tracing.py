@@ -1,22 +1,17 @@
 """OpenTelemetry traces: off by default; on, a request's span holds the pipeline's spans, each
 model call with its model, adapter and token counts."""
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.core import tracing
 from app.core.config import TracingSettings
 from app.main import create_app
 from tests.api.helpers import add_op, answered, extracted, turns_body
+from tests.fixtures.otlp import Traced, otlp_collector
 
 
 def test_off_by_default_installs_nothing() -> None:
@@ -24,32 +19,14 @@ def test_off_by_default_installs_nothing() -> None:
     assert tracing.configure_tracing(TracingSettings()) is None
 
 
-@pytest.fixture(scope="module")
-def traced() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = tracing.configure_tracing(TracingSettings(enabled=True), exporter=exporter)
-    assert provider is not None
-    yield provider, exporter
-    CeleryInstrumentor().uninstrument()
-    provider.shutdown()
-
-
-def finished(traced: tuple[TracerProvider, InMemorySpanExporter]) -> list[ReadableSpan]:
-    provider, exporter = traced
-    provider.force_flush()
-    spans = list(exporter.get_finished_spans())
-    exporter.clear()
-    return spans
-
-
 @pytest.fixture
-async def traced_client(runtime, traced) -> Iterator[httpx.AsyncClient]:
+async def traced_client(runtime, traced: Traced) -> AsyncIterator[httpx.AsyncClient]:
     settings = runtime.settings.model_copy(update={"tracing": TracingSettings(enabled=True)})
     app = create_app(settings, runtime)
     app.state.runtime = runtime
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        finished(traced)  # only what the test does
+        traced.take()  # only what the test does
         yield http
 
 
@@ -63,7 +40,7 @@ async def test_a_request_traces_the_pipeline_inside_it(
         headers=tenant_a.memory,
     )
     assert response.status_code == 200, response.text
-    spans = finished(traced)
+    spans = traced.take()
     [request] = [s for s in spans if s.name == "POST /sessions/{session_id}/turns"]
     assert request.attributes is not None and request.attributes["http.route"] == (
         "/sessions/{session_id}/turns"
@@ -99,7 +76,7 @@ async def test_ask_traces_retrieval_and_the_answer(
     )
     assert response.status_code == 200, response.text
     await traced_client.get("/healthz")
-    spans = finished(traced)
+    spans = traced.take()
     names = [s.name for s in spans]
     assert "GET /healthz" not in names  # probes are left out
     [ask] = [s for s in spans if s.name == "POST /ask"]
@@ -111,33 +88,14 @@ async def test_ask_traces_retrieval_and_the_answer(
     assert answer["gen_ai.request.model"] == "fake-model"
 
 
-def test_spans_reach_an_otlp_endpoint(traced) -> None:
+def test_spans_reach_an_otlp_endpoint(traced: Traced) -> None:
     """The OTLP/HTTP exporter the settings build posts the spans where the endpoint says."""
-    received: list[tuple[str, bytes]] = []
-
-    class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
-        exporter = tracing._otlp(TracingSettings(enabled=True, endpoint=endpoint))
-        span = traced[0].get_tracer("probe").start_span("probe", attributes={"n": 1})
+    with otlp_collector() as collector:
+        exporter = tracing._otlp(TracingSettings(enabled=True, endpoint=collector.endpoint))
+        span = traced.provider.get_tracer("probe").start_span("probe", attributes={"n": 1})
         span.end()
         assert exporter.export([span]) == SpanExportResult.SUCCESS
-    finally:
-        server.shutdown()
-    [(path, body)] = received
+    [(path, _)] = collector.received
     assert path == "/v1/traces"
-    [resource] = ExportTraceServiceRequest.FromString(body).resource_spans
-    [sent] = resource.scope_spans[0].spans
-    assert sent.name == "probe"
-    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
-    assert service == "memory-r1"
+    [(resource, sent)] = collector.spans()
+    assert sent.name == "probe" and resource["service.name"] == "memory-r1"

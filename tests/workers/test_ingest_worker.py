@@ -1,6 +1,9 @@
-"""Ingestion through real Celery workers: Redis broker with the model endpoint down, and the
-embedded default (broker on Postgres) with the real bundled model end to end."""
+"""Ingestion through real Celery workers: Redis broker with the model endpoint down (also
+traced, the worker continuing the trace of the request that queued the job), and the embedded
+default (broker on Postgres) with the real bundled model end to end."""
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
 from app.llm.inprocess import InProcessBackend
 from app.main import create_app
 from tests.fixtures.fake_llm import FakeLLM
+from tests.fixtures.otlp import Traced, otlp_collector
 from tests.workers.conftest import committed_tenant, wait_for_job, worker_process
 from workers.celery_app import INGEST_TASK, create_celery, send
 
@@ -106,6 +110,56 @@ async def test_model_down_job_retries_then_fails_and_turns_survive(
     assert [t["text"] for t in turns.json()["items"]] == [CONVERSATION[0]["text"]]
     memories = await client.get("/users/andrew/memories", headers=headers)
     assert memories.json()["items"] == []
+
+
+async def test_the_worker_continues_the_trace_of_the_request_that_queued_the_job(
+    redis_client: tuple[httpx.AsyncClient, Runtime],
+    settings: Settings,
+    traced: Traced,
+    tmp_path: Path,
+) -> None:
+    client, _ = redis_client
+    _, headers = await committed_tenant(settings, f"traced-{uuid.uuid4().hex[:6]}")
+    with otlp_collector() as collector:
+        env = {
+            "MEMR1_DATABASE_URL": settings.database_url or "",
+            "MEMR1_BROKER_URL": REDIS_URL,
+            "MEMR1_DATA_DIR": str(tmp_path),
+            "MEMR1_LLM__BACKEND": "openai",  # nothing listens: the job fails, traced
+            "MEMR1_LLM__BASE_URL": "http://127.0.0.1:9/v1",
+            "MEMR1_LLM__MAX_RETRIES": "0",
+            "MEMR1_PIPELINE__INGEST_MAX_ATTEMPTS": "1",
+            "MEMR1_TRACING__ENABLED": "true",
+            "MEMR1_TRACING__ENDPOINT": collector.endpoint,
+            "MEMR1_TRACING__SERVICE_NAME": "memory-r1-worker",
+        }
+        log = tmp_path / "worker.log"
+        with worker_process(env, "ingest", log) as worker:
+            traced.take()
+            response = await client.post(
+                "/sessions/traced-s1/turns",
+                json={"user_id": "andrew", "turns": CONVERSATION[:1]},
+                headers=headers,
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["ingestion_job_id"]
+            await wait_for_job(
+                client, f"/ingestions/{job_id}", headers, {"failed"}, 120, log, worker
+            )
+            [request] = [s for s in traced.take() if s.name == "POST /sessions/{session_id}/turns"]
+            trace_id = request.context.trace_id.to_bytes(16, "big")
+            deadline = time.monotonic() + 30  # the worker exports in batches, every 5 s
+            names: set[str] = set()
+            while time.monotonic() < deadline and "ingestion.job" not in names:
+                await asyncio.sleep(0.5)
+                names = {
+                    span.name
+                    for resource, span in collector.spans()
+                    if span.trace_id == trace_id and resource["service.name"] == "memory-r1-worker"
+                }
+    assert "ingestion.job" in names, (names, log.read_text()[-3000:])
+    assert "run/memr1.ingest" in names  # Celery's span for the task, under the request's trace
+    assert "memory.extract" in names
 
 
 @pytest.fixture(scope="module")
