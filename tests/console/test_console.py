@@ -211,7 +211,6 @@ def test_a_memorys_history_with_the_decision_behind_it(
 ) -> None:
     browser.get(f"{served.base_url}/console/#/memories/{bank['cat']}")
     heading(browser, "Memory history")
-    items = browser.find_elements(By.CSS_SELECTOR, "ol.timeline > li")
     wait_for(browser, "ol.timeline > li")
     items = browser.find_elements(By.CSS_SELECTOR, "ol.timeline > li")
     assert [i.find_element(By.CSS_SELECTOR, ".badge").text for i in items] == ["ADD", "UPDATE"]

@@ -75,22 +75,31 @@ async def redis_client(
         yield pair
 
 
+def model_down_env(settings: Settings, data_dir: Path, **settings_env: str) -> dict[str, str]:
+    """A worker's environment: Redis broker, and a model endpoint nothing listens on."""
+    return {
+        "MEMR1_DATABASE_URL": settings.database_url or "",
+        "MEMR1_BROKER_URL": REDIS_URL,
+        "MEMR1_DATA_DIR": str(data_dir),
+        "MEMR1_LLM__BACKEND": "openai",
+        "MEMR1_LLM__BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens on the discard port
+        "MEMR1_LLM__MAX_RETRIES": "0",
+        "MEMR1_LLM__TIMEOUT_S": "2",
+        **settings_env,
+    }
+
+
 async def test_model_down_job_retries_then_fails_and_turns_survive(
     redis_client: tuple[httpx.AsyncClient, Runtime], settings: Settings, tmp_path: Path
 ) -> None:
     client, _ = redis_client
     _, headers = await committed_tenant(settings, f"redis-{uuid.uuid4().hex[:6]}")
-    env = {
-        "MEMR1_DATABASE_URL": settings.database_url or "",
-        "MEMR1_BROKER_URL": REDIS_URL,
-        "MEMR1_DATA_DIR": str(tmp_path),
-        "MEMR1_LLM__BACKEND": "openai",
-        "MEMR1_LLM__BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens on the discard port
-        "MEMR1_LLM__MAX_RETRIES": "0",
-        "MEMR1_LLM__TIMEOUT_S": "2",
-        "MEMR1_PIPELINE__INGEST_MAX_ATTEMPTS": "2",
-        "MEMR1_PIPELINE__INGEST_RETRY_BACKOFF_S": "0.5",
-    }
+    env = model_down_env(
+        settings,
+        tmp_path,
+        MEMR1_PIPELINE__INGEST_MAX_ATTEMPTS="2",
+        MEMR1_PIPELINE__INGEST_RETRY_BACKOFF_S="0.5",
+    )
     log = tmp_path / "worker.log"
     with worker_process(env, "ingest", log) as worker:
         response = await client.post(
@@ -121,18 +130,14 @@ async def test_the_worker_continues_the_trace_of_the_request_that_queued_the_job
     client, _ = redis_client
     _, headers = await committed_tenant(settings, f"traced-{uuid.uuid4().hex[:6]}")
     with otlp_collector() as collector:
-        env = {
-            "MEMR1_DATABASE_URL": settings.database_url or "",
-            "MEMR1_BROKER_URL": REDIS_URL,
-            "MEMR1_DATA_DIR": str(tmp_path),
-            "MEMR1_LLM__BACKEND": "openai",  # nothing listens: the job fails, traced
-            "MEMR1_LLM__BASE_URL": "http://127.0.0.1:9/v1",
-            "MEMR1_LLM__MAX_RETRIES": "0",
-            "MEMR1_PIPELINE__INGEST_MAX_ATTEMPTS": "1",
-            "MEMR1_TRACING__ENABLED": "true",
-            "MEMR1_TRACING__ENDPOINT": collector.endpoint,
-            "MEMR1_TRACING__SERVICE_NAME": "memory-r1-worker",
-        }
+        env = model_down_env(  # the job fails, traced
+            settings,
+            tmp_path,
+            MEMR1_PIPELINE__INGEST_MAX_ATTEMPTS="1",
+            MEMR1_TRACING__ENABLED="true",
+            MEMR1_TRACING__ENDPOINT=collector.endpoint,
+            MEMR1_TRACING__SERVICE_NAME="memory-r1-worker",
+        )
         log = tmp_path / "worker.log"
         with worker_process(env, "ingest", log) as worker:
             traced.take()
