@@ -251,7 +251,7 @@ def _apply(
     value, _ = parse_json(text)
     if malformed_reason(value) is not None:
         return bank
-    operations, _ = validate_operations(value, candidates)
+    operations, _ = validate_operations(value, candidates, fact=fact_from_json(fact))
     return apply_to_bank(bank, operations, fact=fact_from_json(fact))
 
 

@@ -174,8 +174,9 @@ async def _manager_row(
         parsed = None
     ops = ["INVALID"]
     if malformed_reason(parsed) is None:
-        operations, _ = validate_operations(parsed, candidates)
-        bank = apply_to_bank(bank, operations, fact=fact_from_json(row["fact"]))
+        fact = fact_from_json(row["fact"])
+        operations, _ = validate_operations(parsed, candidates, fact=fact)
+        bank = apply_to_bank(bank, operations, fact=fact)
         ops = [op.kind.value for op in operations] or ["NOOP"]
     memories = retriever.for_answer(row["question"], bank, row["speakers"])
     # The frozen Answer Agent: the base model, whatever adapter the Manager runs with.

@@ -32,7 +32,7 @@ from app.ingestion.schemas import IngestionPage, IngestionRead
 from app.memories import repository as memories
 from app.memories import service as memories_service
 from app.memory.extractor import Extraction, extract_facts
-from app.memory.manager import check_noop, decide
+from app.memory.manager import check_noop, decide, keep_fact
 from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
 from app.memory.schemas import Fact, OpKind, as_views
 from app.models import Agent, IngestionJob, JobStatus, Turn
@@ -294,7 +294,11 @@ async def _extract(runtime: Runtime, ctx: _Context, turn: Turn, max_facts: int) 
         record_completion(
             span,
             extraction.completion,
-            **{"memory_r1.facts": len(extraction.facts), "memory_r1.error": extraction.error},
+            **{
+                "memory_r1.facts": len(extraction.facts),
+                "memory_r1.rejected": len(extraction.dropped),
+                "memory_r1.error": extraction.error,
+            },
         )
     return extraction
 
@@ -310,7 +314,10 @@ async def _log_extraction(
         prompt_version=EXTRACT_PROMPT_VERSION,
         input_={"turn_id": str(turn.id), "speaker": turn.speaker, "text": turn.text},
         completion=extraction.completion,
-        parsed={"facts": [fact_json(f) for f in extraction.facts]},
+        parsed={
+            "facts": [fact_json(f) for f in extraction.facts],
+            "rejected": [{"raw": text, "reason": why} for text, why in extraction.dropped],
+        },
         error=extraction.error,
         model=runtime.llm.base_model,
     )
@@ -333,7 +340,7 @@ async def _manage_fact(
         decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
         nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
         noop_min = runtime.settings.pipeline.noop_min_similarity
-        decision = check_noop(decision, fact, nearest, noop_min)
+        decision = keep_fact(check_noop(decision, fact, nearest, noop_min), fact)
         record_completion(
             span,
             decision.completion,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from app.core.errors import BadUpstreamResponse
 from app.llm.backend import Completion, LLMBackend
+from app.memory.guard import drop_repeats
 from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages
 from app.memory.schemas import MemoryView, rekey
 
@@ -29,7 +30,9 @@ def parse_answer(
 ) -> tuple[list[MemoryView], str | None, str | None]:
     """``(selected, answer, error)`` from an Answer Agent output.
 
-    Keys that name no shown memory are dropped, as are repeats; a blank answer is an error."""
+    Keys that name no shown memory are dropped, as are repeats, and so are sentences of the
+    answer said before in it ("I am heartbroken. I am heartbroken. I"); a blank answer is an
+    error."""
     if (
         not isinstance(parsed, dict)
         or not isinstance(parsed.get("selected"), list)
@@ -41,7 +44,7 @@ def parse_answer(
     for key in parsed["selected"]:
         if isinstance(key, str) and key in by_key and by_key[key] not in selected:
             selected.append(by_key[key])
-    answer = " ".join(parsed["answer"].split())
+    answer = drop_repeats(parsed["answer"])
     if not answer:
         return selected, None, "empty answer"
     return selected, answer, None

@@ -3,14 +3,16 @@
 Every fact names its speaker and, when the turn has a date, starts with that date: memories are
 later read out of context, and LoCoMo's temporal questions ("When did Caroline ...?") can only
 be answered if the date travels with the fact. The model is asked to write them; when it does
-not, ``anchor_fact`` adds them.
+not, ``anchor_fact`` adds them. Before that, ``app.memory.guard`` drops what the turn does not
+support and resolves relative dates against the turn's date.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.core.errors import BadUpstreamResponse
 from app.llm.backend import Completion, LLMBackend
+from app.memory.guard import check, has_date, resolve_dates
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
     extract_max_tokens,
@@ -27,6 +29,7 @@ class Extraction:
     facts: list[Fact]
     completion: Completion | None  # None when the backend returned nothing usable
     error: str | None  # why the output was unusable; facts is then empty
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (text, why), by the guard
 
 
 def parse_facts(parsed: object, max_facts: int) -> tuple[list[str], str | None]:
@@ -81,5 +84,29 @@ async def extract_facts(
     texts, error = parse_facts(completion.parsed, max_facts)
     if error is not None:
         return Extraction(facts=[], completion=completion, error=error)
-    facts = [Fact(anchor_fact(t, speaker, occurred_at), speaker, occurred_at) for t in texts]
-    return Extraction(facts=facts, completion=completion, error=None)
+    facts, dropped = checked_facts(texts, text, speaker, occurred_at)
+    return Extraction(facts=facts, completion=completion, error=None, dropped=dropped)
+
+
+def checked_facts(
+    texts: list[str], turn: str, speaker: str, occurred_at: datetime | None
+) -> tuple[list[Fact], list[tuple[str, str]]]:
+    """The facts of ``texts`` that the turn supports, with their dates resolved, speaker and
+    date anchored, and repeats dropped; and what was dropped, with why."""
+    facts: list[Fact] = []
+    dropped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for candidate in texts:
+        checked = check(candidate, [turn], speaker, occurred_at)
+        dropped += checked.dropped
+        if checked.text is None:
+            continue
+        resolved = resolve_dates(checked.text, occurred_at)
+        # A fact that dates itself ("... on 2 December 2026") needs no date of mention.
+        final = anchor_fact(resolved, speaker, None if has_date(resolved) else occurred_at)
+        if text_key(final) in seen:
+            dropped.append((candidate, "repeats an earlier fact"))
+            continue
+        seen.add(text_key(final))
+        facts.append(Fact(final, speaker, occurred_at))
+    return facts, dropped

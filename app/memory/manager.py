@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from app.core.errors import BadUpstreamResponse
 from app.llm.backend import Completion, LLMBackend
+from app.memory.guard import check
 from app.memory.prompts import MANAGER_MAX_TOKENS, MANAGER_SCHEMA, manager_messages
 from app.memory.schemas import (
     Fact,
@@ -58,12 +59,16 @@ def malformed_reason(parsed: object) -> str | None:
 class _Validator:
     """Checks items one by one against the candidates and the items accepted before them."""
 
-    def __init__(self, candidates: list[MemoryView], max_text_chars: int) -> None:
+    def __init__(
+        self, candidates: list[MemoryView], max_text_chars: int, fact: Fact | None
+    ) -> None:
         self.by_key = {m.key: m for m in candidates}
         self.stored = {text_key(m.text): m.key for m in candidates}
         self.max_text_chars = max_text_chars
+        self.fact = fact
         self.touched: set[str] = set()
         self.added: set[str] = set()
+        self.trimmed: list[RejectedOperation] = []  # sentences the guard cut from kept texts
 
     def accept(self, raw: dict[str, object]) -> Operation | None:
         op = raw.get("op")
@@ -74,9 +79,10 @@ class _Validator:
             case OpKind.NOOP:
                 return None
             case OpKind.ADD:
-                return self._add(self._text(raw, kind))
+                return self._add(self._text(raw, kind, None))
             case OpKind.UPDATE:
-                return self._change(kind, self._target(raw, kind), self._text(raw, kind))
+                target = self._target(raw, kind)
+                return self._change(kind, target, self._text(raw, kind, target))
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
 
@@ -108,30 +114,48 @@ class _Validator:
             raise _Rejected(f"unknown memory id {key!r:.80}: only {listed} may be named")
         return self.by_key[key]
 
-    def _text(self, raw: dict[str, object], kind: OpKind) -> str:
+    def _text(self, raw: dict[str, object], kind: OpKind, target: MemoryView | None) -> str:
         text = raw.get("text")
         if not isinstance(text, str) or not text.strip():
             raise _Rejected(f"{kind} needs a non-empty text")
         text = text.strip()
         if len(text) > self.max_text_chars:
             raise _Rejected(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
-        return text
+        if self.fact is None:
+            return text
+        # A Manager text may say what the fact and the memory it changes say, nothing more.
+        sources = [self.fact.text] + ([target.text] if target is not None else [])
+        checked = check(text, sources, self.fact.speaker, self.fact.occurred_at)
+        if checked.text is None:
+            sentence, reason = checked.dropped[0]
+            raise _Rejected(f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}")
+        self.trimmed += [
+            RejectedOperation(raw={"op": kind.value, "sentence": sentence}, reason=reason)
+            for sentence, reason in checked.dropped
+        ]
+        return checked.text
 
 
 def validate_operations(
-    parsed: object, candidates: list[MemoryView], max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    parsed: object,
+    candidates: list[MemoryView],
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    fact: Fact | None = None,
 ) -> tuple[list[Operation], list[RejectedOperation]]:
     """The operations of a Manager output that are safe to apply, and the rest with reasons.
 
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
     from a turn), UPDATE/DELETE without an id, ADD/UPDATE with a blank or over-long text, a
     second operation on the same memory, an ADD repeating another ADD or a listed memory, an
-    UPDATE that leaves the text as it was. An ADD's id, a DELETE's text and a NOOP are
-    ignored. A wrongly shaped output is a single rejection."""
+    UPDATE that leaves the text as it was. With ``fact``, ADD and UPDATE texts are checked by
+    ``app.memory.guard`` against the fact (and an UPDATE's memory): unsupported or repeated
+    sentences are cut, each recorded among the rejections, and a text left empty rejects its
+    operation. An ADD's id, a DELETE's text and a NOOP are ignored. A wrongly shaped output is
+    a single rejection."""
     items = _operation_items(parsed)
     if items is None:
         return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]
-    validator = _Validator(candidates, max_text_chars)
+    validator = _Validator(candidates, max_text_chars, fact)
     operations: list[Operation] = []
     rejected: list[RejectedOperation] = []
     for item in items:
@@ -145,7 +169,7 @@ def validate_operations(
             continue
         if operation is not None:
             operations.append(operation)
-    return operations, rejected
+    return operations, rejected + validator.trimmed
 
 
 async def decide(
@@ -171,7 +195,9 @@ async def decide(
     problem = malformed_reason(completion.parsed)
     if problem is not None:
         return Decision([], [], completion=completion, error=problem)
-    operations, rejected = validate_operations(completion.parsed, candidates, max_text_chars)
+    operations, rejected = validate_operations(
+        completion.parsed, candidates, max_text_chars, fact=fact
+    )
     return Decision(operations, rejected, completion=completion, error=None)
 
 
@@ -198,6 +224,22 @@ def check_noop(
     )
     add = Operation(kind=OpKind.ADD, memory_id=None, text=fact.text)
     return replace(decision, operations=[add], rejected=[overruled])
+
+
+def keep_fact(decision: Decision, fact: Fact) -> Decision:
+    """A decision that only deletes says the fact makes memories untrue, and drops the fact
+    itself ("moved to Seattle" deleting "lives in Boston" and storing nothing). The fact is
+    added as well, and the addition recorded among the rejections, as an override."""
+    kinds = {op.kind for op in decision.operations}
+    if decision.error is not None or kinds != {OpKind.DELETE}:
+        return decision
+    add = Operation(kind=OpKind.ADD, memory_id=None, text=fact.text)
+    note = RejectedOperation(
+        raw={"op": "DELETE"}, reason="DELETE alone would lose the fact: it is added as well"
+    )
+    return replace(
+        decision, operations=[*decision.operations, add], rejected=[*decision.rejected, note]
+    )
 
 
 def apply_to_bank(

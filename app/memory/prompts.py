@@ -19,7 +19,7 @@ from app.memory.schemas import Fact, MemoryView
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
 MANAGER_PROMPT_VERSION = "manager-v1"
-ANSWER_PROMPT_VERSION = "answer-v1"
+ANSWER_PROMPT_VERSION = "answer-v2"
 
 FACT_MAX_CHARS = 200
 MANAGER_MAX_OPERATIONS = 3
@@ -80,7 +80,14 @@ MANAGER_SCHEMA: dict[str, Any] = {
 # as if closing the JSON or a tag ("8 May 2023}</memories> ..."), which the grammar would keep
 # inside the answer; without braces and angle brackets it has to close the string instead.
 # The length bound is part of the pattern: xgrammar ignores maxLength next to a pattern.
-_ANSWER_PATTERN = f"^[^{{}}<>]{{0,{ANSWER_MAX_CHARS}}}$"
+# Nor may it start with a memory key: asked "What are the names of Ann's dogs?", the base model
+# answers "m1, m2, m3" or "M1: She plans ..." (which memories, not what they say). No optional
+# group: xgrammar mis-reads "(...)?" (it let "mom" through "^([^m][a-z]*)?$").
+_ANSWER_TEXT = "[^{}<>]"
+_ANSWER_PATTERN = (
+    f"^([^{{}}<>mM]{_ANSWER_TEXT}{{0,{ANSWER_MAX_CHARS - 1}}}"
+    f"|[mM][^{{}}<>0-9]{_ANSWER_TEXT}{{0,{ANSWER_MAX_CHARS - 2}}}|[mM])$"
+)
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -13,14 +13,18 @@ MAY_8 = datetime(2023, 5, 8, 13, 56)
 
 
 async def extract(
-    reply: Reply, *, at: datetime | None = MAY_8, max_facts: int = 5
+    reply: Reply,
+    *,
+    at: datetime | None = MAY_8,
+    max_facts: int = 5,
+    text: str = "I went to a support group yesterday.",
 ) -> tuple[Extraction, FakeLLM]:
     llm = FakeLLM([reply])
     backend: LLMBackend = llm
     extraction = await extract_facts(
         backend,
         speaker="Caroline",
-        text="I went to a support group yesterday.",
+        text=text,
         occurred_at=at,
         adapter="extractor-v2",
         max_facts=max_facts,
@@ -66,17 +70,26 @@ class TestAnchoring:
 class TestExtractFacts:
     async def test_facts_carry_speaker_and_date(self) -> None:
         extraction, _ = await extract(
-            {"facts": ["went to an LGBTQ support group yesterday", "Caroline is transgender."]}
+            {"facts": ["went to a support group yesterday", "Caroline went to a support group."]}
         )
 
         assert extraction.error is None
         assert extraction.facts == [
-            Fact(
-                "Caroline on 8 May 2023: went to an LGBTQ support group yesterday",
-                "Caroline",
-                MAY_8,
-            ),
-            Fact("On 8 May 2023, Caroline is transgender.", "Caroline", MAY_8),
+            # A resolved relative date dates the fact; the date of mention is then left out.
+            Fact("Caroline: went to a support group on 7 May 2023", "Caroline", MAY_8),
+            Fact("On 8 May 2023, Caroline went to a support group.", "Caroline", MAY_8),
+        ]
+
+    async def test_what_the_turn_does_not_say_is_dropped_and_logged(self) -> None:
+        extraction, _ = await extract(
+            {"facts": ["Caroline is transgender.", "Caroline went to a support group."]}
+        )
+
+        assert [f.text for f in extraction.facts] == [
+            "On 8 May 2023, Caroline went to a support group."
+        ]
+        assert extraction.dropped == [
+            ("Caroline is transgender.", "only 0 of its 1 content words are in its source")
         ]
 
     async def test_calls_the_model_with_the_schema_and_adapter(self) -> None:
@@ -102,7 +115,8 @@ class TestExtractFacts:
                 "Caroline swims.",
             ]
         }
-        extraction, _ = await extract(reply, at=None, max_facts=2)
+        turn = "I paint, I run and I swim."
+        extraction, _ = await extract(reply, at=None, max_facts=2, text=turn)
 
         assert [f.text for f in extraction.facts] == ["Caroline paints.", "Caroline runs."]
 

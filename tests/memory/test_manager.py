@@ -12,6 +12,7 @@ from app.memory.manager import (
     apply_to_bank,
     check_noop,
     decide,
+    keep_fact,
     validate_operations,
 )
 from app.memory.prompts import MANAGER_SCHEMA
@@ -352,3 +353,57 @@ class TestCheckNoop:
         llm = FakeLLM(["not json"])
         decision = await decide(llm, self.FACT, [])
         assert decision.error and check_noop(decision, self.FACT, None, 0.85) == decision
+
+
+class TestKeepFact:
+    FACT = Fact("On 3 June 2023, Andrew moved to Seattle.", "Andrew", JUNE_3)
+
+    async def test_a_delete_alone_keeps_the_fact(self) -> None:
+        shown = bank("Andrew lives in Boston.")
+        decision = await decide(FakeLLM([output(op("DELETE", "m1"))]), self.FACT, shown)
+        kept = keep_fact(decision, self.FACT)
+        assert [o.kind for o in kept.operations] == [OpKind.DELETE, OpKind.ADD]
+        assert kept.operations[1].text == self.FACT.text
+        assert "added as well" in kept.rejected[-1].reason
+
+    @pytest.mark.parametrize(
+        "ops",
+        [
+            (op("DELETE", "m1"), op("ADD", "", "Andrew lives in Seattle.")),
+            (op("UPDATE", "m1", "Andrew moved from Boston to Seattle."),),
+            (op("NOOP"),),
+        ],
+    )
+    async def test_other_decisions_are_left_alone(self, ops) -> None:
+        decision = await decide(FakeLLM([output(*ops)]), self.FACT, bank("Andrew lives in Boston."))
+        assert keep_fact(decision, self.FACT) == decision
+
+
+class TestGroundedTexts:
+    """With the fact, a Manager text may say only what the fact and its memory say."""
+
+    FACT = Fact("On 3 June 2023, Andrew adopted another dog, Scout.", "Andrew", JUNE_3)
+
+    def test_an_update_may_merge_the_fact_and_its_memory(self) -> None:
+        shown = bank("Andrew adopted a dog named Buddy.")
+        parsed = output(op("UPDATE", "m1", "Andrew adopted two dogs, Buddy and Scout."))
+        operations, rejected = validate_operations(parsed, shown, fact=self.FACT)
+        assert [o.text for o in operations] == ["Andrew adopted two dogs, Buddy and Scout."]
+        assert rejected == []
+
+    def test_an_invented_text_is_rejected_and_repeats_are_cut(self) -> None:
+        shown = bank("Andrew lives in Boston.")
+        parsed = output(
+            op("ADD", "", "Tom is taking a pottery class in Rome."),
+            op("ADD", "", "Andrew adopted Scout. Andrew adopted Scout. Andrew adopted"),
+        )
+        operations, rejected = validate_operations(parsed, shown, fact=self.FACT)
+        assert [o.text for o in operations] == ["Andrew adopted Scout."]
+        reasons = [r.reason for r in rejected]
+        assert "not supported by the fact" in reasons[0]
+        assert reasons[1:] == [
+            "repeats an earlier sentence",
+            "repeats the start of an earlier sentence",
+        ]
+        # Without the fact (format checks in training), texts are not checked.
+        assert len(validate_operations(parsed, shown)[0]) == 2

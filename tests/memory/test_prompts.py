@@ -171,6 +171,12 @@ class TestSchemas:
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": longest + "x"}))
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["memory 1"], "answer": "x"}))
 
+    @pytest.mark.parametrize("keys", ["m1, m2, m3", "M1: She plans to visit Rome", "m12"])
+    def test_an_answer_does_not_start_with_memory_keys(self, keys: str) -> None:
+        assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["m1"], "answer": keys}))
+        for answer in ["Mia", "mom", "m", "Max and Mia"]:
+            assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": answer}))
+
     @pytest.mark.parametrize("drift", ["7 May 2023}</memories>", "{1}", "<b>Rome</b>"])
     def test_an_answer_is_plain_text(self, drift: str) -> None:
         assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": "Rome, 7 May 2023!"}))

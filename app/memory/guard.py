@@ -1,0 +1,269 @@
+"""Checks on every text an agent writes into the bank, whatever the model does.
+
+A small model repeats itself, copies its worked examples and invents details. Before a fact
+is kept or a Manager text is applied, each of its sentences is checked against its sources
+(the turn for a fact; the fact and the memory it changes for a Manager text):
+
+- a sentence said before in the same text is dropped (so is the cut-off start of one), as is
+  one that repeats a word over and over (the shape of a model that lost its way), and one that
+  says nothing but a name or a date;
+- a sentence is unsupported, and dropped, when it names someone or something (a capitalised
+  word past the sentence start), gives a number or a time word ("yesterday", "last week") that
+  its sources do not, or when fewer than two in five of its content words are in its sources;
+- relative dates are resolved against the turn's date: "yesterday" -> "on 2 December 2026",
+  "last week" -> "the week before 3 December 2026", "two days ago" -> "two days before 3
+  December 2026".
+
+Words are compared by a crude stem (moved/moving/move), so a fact may reword its turn but not
+add to it. What is dropped is returned with the reason, for the episode's log.
+"""
+
+import re
+from calendar import day_name, month_name
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.memory.prompts import format_date
+from app.memory.schemas import text_key
+
+# Fewer than this share of a sentence's content words in its sources: the sentence is made up.
+MIN_SUPPORTED = 0.4
+# A word this many times in one sentence: the model is looping.
+MAX_WORD_REPEATS = 3
+
+_STOPWORDS = frozenset(
+    """
+    a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each few for
+    from further had has have having he her here hers herself him himself his how i if in into
+    is it its itself just me more most my myself no nor not now of off on once only or other
+    our ours out over own same she should so some such than that the their theirs them then
+    there these they this those through to too under until up very was we were what when where
+    which while who whom why will with would you your yours yourself
+    said says say told tells tell mentioned mentions shared shares talked talks explained
+    stated noted wrote asked added really new quite something someone thing things lot got get gets
+    going went go goes like
+    """.split()
+)
+# Words that place a sentence in time: the sources must say them (before they are resolved).
+_TIME_WORDS = frozenset(
+    "yesterday tomorrow today tonight ago last next week weekend month year".split()
+)
+_MONTHS = frozenset(m.casefold() for m in month_name if m)
+_WEEKDAYS = [d.casefold() for d in day_name]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
+_WORD = re.compile(r"[A-Za-z]+|\d+")
+_DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{{4}}\b")
+_OPENING_DATE = re.compile(rf"^On ({_DATE.pattern}),?\s*")
+_LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {_DATE.pattern})?:\s*")
+_SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
+
+
+@dataclass(frozen=True)
+class _Allowed:
+    """What a sentence may give without its sources' words: their numbers and dates, the
+    turn's day, year and date, and the speaker's name."""
+
+    numbers: set[str]
+    dates: set[str]
+    names: set[str]
+
+
+@dataclass(frozen=True)
+class Checked:
+    text: str | None  # what is kept; None when no sentence survived
+    dropped: list[tuple[str, str]]  # (sentence, reason)
+
+
+def _stem(word: str) -> str:
+    word = word.casefold()
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _matches(stem: str, known: set[str]) -> bool:
+    if stem in known:
+        return True
+    return len(stem) >= 4 and any(
+        len(k) >= 4 and (k.startswith(stem) or stem.startswith(k)) for k in known
+    )
+
+
+def has_date(text: str) -> bool:
+    """Whether ``text`` gives a full date (``8 May 2023``)."""
+    return _DATE.search(text) is not None
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
+
+
+def _unsupported(sentence: str, known: set[str], allowed: _Allowed) -> str | None:
+    """Why ``sentence`` is not supported by the sources whose stems are ``known``, or None."""
+    for date in _DATE.findall(sentence):
+        if date not in allowed.dates:
+            return f"gives the date {date}, which its source does not"
+    words = _WORD.findall(_DATE.sub(" ", sentence))
+    counts: dict[str, int] = {}
+    for word in words:
+        counts[word.casefold()] = counts.get(word.casefold(), 0) + 1
+    looping = [w for w, n in counts.items() if n > MAX_WORD_REPEATS and w not in _STOPWORDS]
+    if looping:
+        return f"repeats {looping[0]!r} {counts[looping[0]]} times"
+    content = 0
+    supported = 0
+    for position, word in enumerate(words):
+        folded = word.casefold()
+        if word.isdigit():
+            if word not in allowed.numbers:
+                return f"gives the number {word}, which its source does not"
+            continue
+        if folded in allowed.names:
+            continue
+        if folded in _TIME_WORDS:
+            if folded not in known:
+                return f"says {word!r}, which its source does not"
+            continue
+        if len(folded) < 2 or folded in _STOPWORDS or folded in _MONTHS:
+            continue
+        found = _matches(_stem(word), known)
+        if word[0].isupper() and position > 0 and not found and word != "I":
+            return f"names {word!r}, which its source does not"
+        content += 1
+        supported += found
+    if content and supported / content < MIN_SUPPORTED:
+        return f"only {supported} of its {content} content words are in its source"
+    return None
+
+
+def sentence_key(sentence: str) -> str:
+    """The comparison form of a sentence: ``text_key`` without a leading ``Name:`` or ``Name on
+    <date>:`` or ``On <date>,``, so "Ann: Luna died." repeats "Luna died."."""
+    return text_key(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
+
+
+def drop_repeats(text: str) -> str:
+    """``text`` without the sentences that say (or start) again one before them."""
+    kept: list[str] = []
+    for sentence in sentences(text):
+        key = sentence_key(sentence)
+        if not any(sentence_key(k).startswith(key) for k in kept):
+            kept.append(sentence)
+    return " ".join(kept)
+
+
+def _empty(sentence: str, allowed: _Allowed) -> str | None:
+    """Why ``sentence`` says nothing (a name, a date, a word alone), or None."""
+    words = [
+        w
+        for w in _WORD.findall(_DATE.sub(" ", sentence))
+        if w.casefold() not in allowed.names and w.casefold() not in {"on", "in"}
+    ]
+    # One lower-case word can be a whole predicate ("Caroline paints."); a capitalised one
+    # alone is a name or a noun the model stopped at ("Boston", "Coffee").
+    if len(words) >= 2 or (words and words[0].islower()):
+        return None
+    return "says nothing beyond a name or a date"
+
+
+def check(text: str, sources: list[str], speaker: str | None, at: datetime | None) -> Checked:
+    """``text`` with its repeated and unsupported sentences dropped (see the module doc).
+    ``speaker`` and the date ``at`` count as given by the sources."""
+    source_text = " ".join(sources)
+    known = {_stem(w) for w in _WORD.findall(source_text)}
+    allowed = _Allowed(
+        numbers={w for w in _WORD.findall(source_text) if w.isdigit()},
+        dates=set(_DATE.findall(source_text)),
+        names={w.casefold() for w in _WORD.findall(speaker or "")},
+    )
+    if at is not None:
+        allowed.numbers.update({str(at.day), str(at.year)})
+        allowed.dates.add(format_date(at))
+    kept: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for sentence in sentences(text):
+        # "On <a date from nowhere>, ..." is the prompt's own form with a wrong date (often its
+        # example's): the date goes, and the turn's date is written in its place later.
+        opening = _OPENING_DATE.match(sentence)
+        if opening and opening[1] not in allowed.dates:
+            rest = sentence[opening.end() :]
+            sentence, cut = rest[:1].upper() + rest[1:], opening[0].strip()
+        else:
+            cut = None
+        key = sentence_key(sentence)
+        if key in seen:
+            dropped.append((sentence, "repeats an earlier sentence"))
+            continue
+        if any(earlier.startswith(key) for earlier in seen):
+            dropped.append((sentence, "repeats the start of an earlier sentence"))
+            continue
+        seen.add(key)
+        reason = _unsupported(sentence, known, allowed) or _empty(sentence, allowed)
+        if reason is not None:
+            dropped.append((sentence, reason))
+            continue
+        if cut is not None:
+            dropped.append((cut, "a date its source does not give; the turn's date is used"))
+        kept.append(sentence)
+    return Checked(" ".join(kept) or None, dropped)
+
+
+# --- relative dates ---------------------------------------------------------------------------
+
+_Replacement = str | Callable[[re.Match[str]], str]
+_COUNT = r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of)"
+
+
+def _shift_month(at: datetime, months: int) -> str:
+    index = at.year * 12 + at.month - 1 + months
+    return f"{month_name[index % 12 + 1]} {index // 12}"
+
+
+def _weekday(at: datetime, name: str, forward: bool) -> datetime:
+    target = _WEEKDAYS.index(name.casefold())
+    step = 1 if forward else -1
+    day = at + timedelta(days=step)
+    while day.weekday() != target:
+        day += timedelta(days=step)
+    return day
+
+
+def resolve_dates(text: str, at: datetime | None) -> str:
+    """``text`` with its relative dates written against ``at`` (unchanged when ``at`` is None)."""
+    if at is None:
+        return text
+    d = format_date(at)
+    rules: list[tuple[str, _Replacement]] = [
+        (r"\bthe day before yesterday\b", f"on {format_date(at - timedelta(days=2))}"),
+        (r"\bthe day after tomorrow\b", f"on {format_date(at + timedelta(days=2))}"),
+        (r"\byesterday\b", f"on {format_date(at - timedelta(days=1))}"),
+        (r"\btomorrow\b", f"on {format_date(at + timedelta(days=1))}"),
+        (r"\blast (week|weekend)\b", lambda m: f"the {m[1].casefold()} before {d}"),
+        (r"\bnext (week|weekend)\b", lambda m: f"the {m[1].casefold()} after {d}"),
+        (r"\blast month\b", f"in {_shift_month(at, -1)}"),
+        (r"\bnext month\b", f"in {_shift_month(at, 1)}"),
+        (r"\blast year\b", f"in {at.year - 1}"),
+        (r"\bnext year\b", f"in {at.year + 1}"),
+        (rf"\b({_COUNT} (?:day|week|month|year)s?) ago\b", lambda m: f"{m[1]} before {d}"),
+        (
+            rf"\b(last|next) ({'|'.join(_WEEKDAYS)})\b",
+            lambda m: f"on {format_date(_weekday(at, m[2], m[1].casefold() == 'next'))}",
+        ),
+    ]
+    for pattern, replacement in rules:
+        text = re.sub(pattern, _keep_case(replacement), text, flags=re.IGNORECASE)
+    return text
+
+
+def _keep_case(replacement: _Replacement) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement that starts with a capital where the matched text did."""
+
+    def apply(match: re.Match[str]) -> str:
+        value = replacement if isinstance(replacement, str) else replacement(match)
+        return value[0].upper() + value[1:] if match[0][0].isupper() else value
+
+    return apply

@@ -1,0 +1,122 @@
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from app.memory.answer import parse_answer
+from app.memory.extractor import checked_facts
+from app.memory.guard import check, resolve_dates
+from app.memory.schemas import as_views
+
+AT = datetime(2026, 12, 3, 10, tzinfo=UTC)  # a Thursday
+
+
+def kept(text: str, turn: str, speaker: str = "Ann") -> str | None:
+    return check(text, [turn], speaker, AT).text
+
+
+class TestCheck:
+    def test_a_rewording_of_the_turn_is_kept(self) -> None:
+        turn = "I moved to Lisbon for a nursing job."
+        assert kept("Ann moved to Lisbon for a nursing job.", turn)
+        assert kept("Ann is moving to Lisbon to work as a nurse.", turn)
+        assert kept("On 3 December 2026, Ann moved to Lisbon.", turn)
+
+    def test_a_repeated_sentence_is_dropped(self) -> None:
+        turn = "I moved from Boston to Seattle last month for a new job at Amazon."
+        text = "I moved from Boston to Seattle. " * 7
+        checked = check(text, [turn], "Alice", AT)
+        assert checked.text == "I moved from Boston to Seattle."
+        assert [why for _, why in checked.dropped] == ["repeats an earlier sentence"] * 6
+
+    def test_a_number_the_turn_does_not_give_is_invented(self) -> None:
+        turn = "I moved from Boston to Seattle last month for a new job at Amazon."
+        checked = check("I moved to Seattle. I'm a 2026-2027 employee.", [turn], "Alice", AT)
+        assert checked.text == "I moved to Seattle."
+        assert checked.dropped == [
+            ("I'm a 2026-2027 employee.", "gives the number 2027, which its source does not")
+        ]
+
+    def test_a_name_the_turn_does_not_give_is_invented(self) -> None:
+        checked = check(
+            "Dave started a new blog at Lisbon City Council.", ["I live in Lisbon."], "Ann", AT
+        )
+        assert checked.text is None
+        assert "names 'City'" in checked.dropped[0][1]
+
+    def test_the_prompt_example_copied_into_a_fact_is_dropped(self) -> None:
+        text = "Tom is taking a pottery class. He's going to Rome in July."
+        assert kept(text, "I moved to Lisbon for a nursing job.") is None
+
+    def test_a_time_word_the_turn_does_not_say_is_invented(self) -> None:
+        turn = "Yesterday I adopted another dog, Scout."
+        checked = check("I adopted a dog named Scout last week.", [turn], "Ann", AT)
+        assert checked.text is None
+        assert checked.dropped[0][1] == "says 'last', which its source does not"
+        assert kept("Ann adopted a dog named Scout yesterday.", turn)
+
+    def test_a_wrong_opening_date_gives_way_to_the_turns(self) -> None:
+        checked = check("On 3 June 2023, Ann moved to Lisbon.", ["I moved to Lisbon."], "Ann", AT)
+        assert checked.text == "Ann moved to Lisbon."
+        assert checked.dropped[0][0] == "On 3 June 2023,"
+        # Anywhere else, a date nobody gave is invented.
+        assert kept("Ann moved to Lisbon on 3 June 2023.", "I moved to Lisbon.") is None
+        assert kept("Ann moved to Lisbon on 3 December 2026.", "I moved to Lisbon.")
+
+    def test_a_looping_sentence_is_dropped(self) -> None:
+        assert kept("Ann likes tea tea tea tea tea.", "I like tea.") is None
+
+    def test_the_speaker_and_another_source_count(self) -> None:
+        fact = "On 3 December 2026, Ann adopted another dog, Scout."
+        memory = "Ann adopted a dog named Buddy."
+        update = "Ann adopted two dogs, Buddy and Scout."
+        assert check(update, [fact, memory], "Ann", AT).text == update
+        assert check(update, [fact], "Ann", AT).text is None
+
+
+class TestResolveDates:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("Ann ran a marathon yesterday.", "Ann ran a marathon on 2 December 2026."),
+            ("Yesterday Ann ran.", "On 2 December 2026 Ann ran."),
+            ("Ann flies tomorrow.", "Ann flies on 4 December 2026."),
+            ("Ann moved last week.", "Ann moved the week before 3 December 2026."),
+            ("Ann moves next weekend.", "Ann moves the weekend after 3 December 2026."),
+            ("Ann moved last month.", "Ann moved in November 2026."),
+            ("Ann moves next month.", "Ann moves in January 2027."),
+            ("Ann married last year.", "Ann married in 2025."),
+            ("Ann moved two weeks ago.", "Ann moved two weeks before 3 December 2026."),
+            ("Ann moved 3 days ago.", "Ann moved 3 days before 3 December 2026."),
+            ("Ann swam last Thursday.", "Ann swam on 26 November 2026."),
+            ("Ann swims next Monday.", "Ann swims on 7 December 2026."),
+            ("Ann likes tea.", "Ann likes tea."),
+        ],
+    )
+    def test_against_the_turns_date(self, text: str, expected: str) -> None:
+        assert resolve_dates(text, AT) == expected
+
+    def test_without_a_date_nothing_changes(self) -> None:
+        assert resolve_dates("Ann moved last week.", None) == "Ann moved last week."
+
+
+def test_extracted_facts_are_checked_resolved_and_anchored() -> None:
+    turn = "Yesterday I adopted another dog, Scout."
+    texts = [
+        "Ann adopted a dog named Scout yesterday.",
+        "Ann adopted a dog named Scout yesterday!",
+        "Andrew started a pottery class.",
+    ]
+    facts, dropped = checked_facts(texts, turn, "Ann", AT)
+    assert [f.text for f in facts] == ["Ann adopted a dog named Scout on 2 December 2026."]
+    assert [why for _, why in dropped] == [
+        "repeats an earlier fact",
+        "only 0 of its 4 content words are in its source",
+    ]
+
+
+def test_an_answer_says_each_sentence_once() -> None:
+    shown = as_views([(uuid.uuid4(), "Luna died.", "Finn", None)])
+    reply = {"selected": ["m1"], "answer": "Luna died. I am sad. I am sad. I am"}
+    _, answer, error = parse_answer(reply, shown)
+    assert (answer, error) == ("Luna died. I am sad.", None)
