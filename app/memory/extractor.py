@@ -12,7 +12,7 @@ from datetime import datetime
 
 from app.core.errors import BadUpstreamResponse
 from app.llm.backend import Completion, LLMBackend
-from app.memory.guard import check, has_date, resolve_dates
+from app.memory.guard import check, content_stems, has_date, resolve_dates
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
     extract_max_tokens,
@@ -93,9 +93,8 @@ def checked_facts(
 ) -> tuple[list[Fact], list[tuple[str, str]]]:
     """The facts of ``texts`` that the turn supports, with their dates resolved, speaker and
     date anchored, and repeats dropped; and what was dropped, with why."""
-    facts: list[Fact] = []
+    kept: list[tuple[Fact, frozenset[str]]] = []  # each with what it says
     dropped: list[tuple[str, str]] = []
-    seen: set[str] = set()
     for candidate in texts:
         checked = check(candidate, [turn], speaker, occurred_at)
         dropped += checked.dropped
@@ -104,9 +103,15 @@ def checked_facts(
         resolved = resolve_dates(checked.text, occurred_at)
         # A fact that dates itself ("... on 2 December 2026") needs no date of mention.
         final = anchor_fact(resolved, speaker, None if has_date(resolved) else occurred_at)
-        if text_key(final) in seen:
+        # The date of mention is left out of what it says: every fact of the turn has it.
+        mention = {format_date(occurred_at)} if occurred_at is not None else set()
+        says = content_stems(resolved, speaker) - mention
+        same = [(fact, other) for fact, other in kept if says <= other or other <= says]
+        if same and says <= same[0][1]:
             dropped.append((candidate, "repeats an earlier fact"))
             continue
-        seen.add(text_key(final))
-        facts.append(Fact(final, speaker, occurred_at))
-    return facts, dropped
+        if same:  # this one says what an earlier one said, and more: it takes its place
+            dropped.append((same[0][0].text, "repeated by a later fact that says more"))
+            kept.remove(same[0])
+        kept.append((Fact(final, speaker, occurred_at), says))
+    return [fact for fact, _ in kept], dropped

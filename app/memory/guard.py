@@ -97,6 +97,20 @@ def has_date(text: str) -> bool:
     return _DATE.search(text) is not None
 
 
+def content_stems(text: str, speaker: str | None = None) -> frozenset[str]:
+    """What ``text`` says, as a set: the stems of its content words (not the speaker's name)
+    and its dates. Two facts of which one's set holds the other's say the same thing, one of
+    them with less."""
+    name = {w.casefold() for w in _WORD.findall(speaker or "")}
+    words = _WORD.findall(_DATE.sub(" ", text))
+    stems = {
+        _stem(w)
+        for w in words
+        if not w.isdigit() and len(w) > 1 and w.casefold() not in _STOPWORDS | name
+    }
+    return frozenset(stems | set(_DATE.findall(text)))
+
+
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 

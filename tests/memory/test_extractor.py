@@ -74,10 +74,13 @@ class TestExtractFacts:
         )
 
         assert extraction.error is None
+        # A resolved relative date dates the fact; the date of mention is then left out. The
+        # second fact says the same with less (no date).
         assert extraction.facts == [
-            # A resolved relative date dates the fact; the date of mention is then left out.
-            Fact("Caroline: went to a support group on 7 May 2023", "Caroline", MAY_8),
-            Fact("On 8 May 2023, Caroline went to a support group.", "Caroline", MAY_8),
+            Fact("Caroline: went to a support group on 7 May 2023", "Caroline", MAY_8)
+        ]
+        assert extraction.dropped == [
+            ("Caroline went to a support group.", "repeats an earlier fact")
         ]
 
     async def test_what_the_turn_does_not_say_is_dropped_and_logged(self) -> None:

@@ -120,3 +120,20 @@ def test_an_answer_says_each_sentence_once() -> None:
     reply = {"selected": ["m1"], "answer": "Luna died. I am sad. I am sad. I am"}
     _, answer, error = parse_answer(reply, shown)
     assert (answer, error) == ("Luna died. I am sad.", None)
+
+
+def test_of_two_facts_saying_the_same_the_one_saying_more_is_kept() -> None:
+    turn = "I also started learning the piano, with a teacher."
+    texts = [
+        "Hana started learning the piano.",
+        "On 3 December 2026, Hana said she started learning the piano.",
+        "Hana started learning the piano with a teacher.",
+    ]
+    facts, dropped = checked_facts(texts, turn, "Hana", AT)
+    assert [f.text for f in facts] == [
+        "On 3 December 2026, Hana started learning the piano with a teacher."
+    ]
+    assert [why for _, why in dropped] == [
+        "repeats an earlier fact",
+        "repeated by a later fact that says more",
+    ]
