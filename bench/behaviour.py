@@ -2,8 +2,9 @@
 with the bundled model, one fresh user each, then checked on the live bank and on /ask answers.
 
 Figures: banks right, operations right (UPDATE / DELETE where a scenario expects one), answers
-right, operations by kind, guard rejections, and how many live memories repeat a sentence or
-name what no turn said. Every bank, answer and rejection is printed so they can be read.
+right, operations by kind, overrides (guard cuts, rejected operations), and how many live
+memories repeat a sentence or name what no turn said. Every bank, answer and override is
+printed so they can be read.
 Targets: >= 80 % of banks and of answers right, no memory with a repeated sentence or an
 invented name or number. Exits 1 when a target fails.
 
@@ -26,7 +27,7 @@ from app.core.config import Settings
 from app.core.db import transaction, upgrade_to_head
 from app.memory.guard import sentences
 from app.memory.schemas import text_key
-from app.models import Agent, Episode
+from app.models import Episode
 from bench.common import (
     Target,
     bench_api,
@@ -137,17 +138,21 @@ async def run_scenario(
     }
 
 
-async def guard_rejections(runtime: Any) -> list[dict[str, str]]:
-    """Every sentence the guard cut, from the extractor's and the Manager's episodes."""
+async def overrides(runtime: Any) -> list[dict[str, str]]:
+    """Everything the checks overrode, in the order it happened: the sentences the guard cut
+    from facts and Manager texts, the Manager's rejected operations, overruled NOOPs and
+    DELETEs that would have lost their fact."""
     async with transaction(runtime.sessions) as db:
-        rows = (await db.execute(select(Episode.agent, Episode.parsed))).all()
-    cut = []
+        rows = (
+            await db.execute(select(Episode.agent, Episode.parsed).order_by(Episode.created_at))
+        ).all()
+    found = []
     for agent, parsed in rows:
         for item in (parsed or {}).get("rejected", []):
-            if agent == Agent.extractor or "sentence" in item.get("raw", {}):
-                raw = item["raw"] if agent == Agent.extractor else item["raw"]["sentence"]
-                cut.append({"agent": str(agent), "text": str(raw), "reason": item["reason"]})
-    return cut
+            raw = item["raw"]
+            text = raw if isinstance(raw, str) else raw.get("sentence", json.dumps(raw))
+            found.append({"agent": str(agent), "text": str(text), "reason": item["reason"]})
+    return found
 
 
 def report(results: list[dict[str, Any]], cut: list[dict[str, str]]) -> None:
@@ -158,7 +163,7 @@ def report(results: list[dict[str, Any]], cut: list[dict[str, str]]) -> None:
             print(f"   memory: {memory}")
         for a in r["answers"]:
             print(f"   {'RIGHT' if a['right'] else 'WRONG'} {a['question']} -> {a['answer']}")
-    print(f"\n== the guard cut {len(cut)} sentences")
+    print(f"\n== {len(cut)} overrides")
     for item in cut:
         print(f"   {item['agent']}: {item['text']!r} ({item['reason']})")
 
@@ -181,7 +186,7 @@ async def main(args: argparse.Namespace) -> int:
             for i, scenario in enumerate(scenarios, 1):
                 print(f"[{i}/{len(scenarios)}] {scenario['name']}", flush=True)
                 results.append(await run_scenario(client, headers, scenario, args.top_k))
-        cut = await guard_rejections(runtime)
+        cut = await overrides(runtime)
     finally:
         await runtime.close()
         server.stop()
@@ -199,7 +204,7 @@ async def main(args: argparse.Namespace) -> int:
         "answers_right": sum(a["right"] for a in answers),
         "answers": len(answers),
         "operations": dict(ops),
-        "guard_cut": len(cut),
+        "overrides": len(cut),
         "memories_repeating_a_sentence": sum(len(r["repeated_sentence"]) for r in results),
         "memories_with_invented_words": sum(len(r["invented"]) for r in results),
         "top_k": args.top_k,
@@ -217,7 +222,7 @@ async def main(args: argparse.Namespace) -> int:
     ]
     print_targets(targets)
     figures["targets"] = [t.as_dict() for t in targets]
-    print("written", write_json("behaviour", {**figures, "results": results, "guard": cut}))
+    print("written", write_json("behaviour", {**figures, "results": results, "overrides": cut}))
     return 0 if all(t.passed for t in targets) else 1
 
 

@@ -12,7 +12,14 @@ from datetime import datetime
 
 from app.core.errors import BadUpstreamResponse
 from app.llm.backend import Completion, LLMBackend
-from app.memory.guard import check, content_stems, has_date, resolve_dates
+from app.memory.guard import (
+    check,
+    content_stems,
+    gives_time,
+    has_date,
+    resolve_dates,
+    turn_time,
+)
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
     extract_max_tokens,
@@ -93,25 +100,38 @@ def checked_facts(
 ) -> tuple[list[Fact], list[tuple[str, str]]]:
     """The facts of ``texts`` that the turn supports, with their dates resolved, speaker and
     date anchored, and repeats dropped; and what was dropped, with why."""
-    kept: list[tuple[Fact, frozenset[str]]] = []  # each with what it says
+    kept: list[tuple[str, frozenset[str]]] = []  # each resolved text with what it says
     dropped: list[tuple[str, str]] = []
+    mention = {format_date(occurred_at)} if occurred_at is not None else set()
     for candidate in texts:
         checked = check(candidate, [turn], speaker, occurred_at)
         dropped += checked.dropped
         if checked.text is None:
             continue
         resolved = resolve_dates(checked.text, occurred_at)
-        # A fact that dates itself ("... on 2 December 2026") needs no date of mention.
-        final = anchor_fact(resolved, speaker, None if has_date(resolved) else occurred_at)
         # The date of mention is left out of what it says: every fact of the turn has it.
-        mention = {format_date(occurred_at)} if occurred_at is not None else set()
         says = content_stems(resolved, speaker) - mention
-        same = [(fact, other) for fact, other in kept if says <= other or other <= says]
+        same = [(text, other) for text, other in kept if says <= other or other <= says]
         if same and says <= same[0][1]:
             dropped.append((candidate, "repeats an earlier fact"))
             continue
         if same:  # this one says what an earlier one said, and more: it takes its place
-            dropped.append((same[0][0].text, "repeated by a later fact that says more"))
+            dropped.append((same[0][0], "repeated by a later fact that says more"))
             kept.remove(same[0])
-        kept.append((Fact(final, speaker, occurred_at), says))
-    return [fact for fact, _ in kept], dropped
+        kept.append((resolved, says))
+    # The model often leaves out when ("Yesterday I ran my first marathon!" -> "Jack ran his
+    # first marathon."): the one fact of a turn that gives one time gets that time.
+    when = turn_time(turn, occurred_at)
+    if len(kept) == 1 and when is not None and not gives_time(kept[0][0], occurred_at):
+        kept = [(_with_time(kept[0][0], when), kept[0][1])]
+    facts = []
+    for resolved, _ in kept:
+        # A fact that dates itself ("... on 2 December 2026") needs no date of mention.
+        at = None if has_date(resolved) else occurred_at
+        facts.append(Fact(anchor_fact(resolved, speaker, at), speaker, occurred_at))
+    return facts, dropped
+
+
+def _with_time(text: str, when: str) -> str:
+    body = text.rstrip(" .!?")
+    return f"{body} {when}{text[len(body) :].strip() or '.'}"

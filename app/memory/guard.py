@@ -250,8 +250,35 @@ def resolve_dates(text: str, at: datetime | None) -> str:
     """``text`` with its relative dates written against ``at`` (unchanged when ``at`` is None)."""
     if at is None:
         return text
+    for pattern, replacement in _date_rules(at):
+        text = re.sub(pattern, _keep_case(replacement), text, flags=re.IGNORECASE)
+    return text
+
+
+def turn_time(turn: str, at: datetime | None) -> str | None:
+    """The one time a turn gives, resolved ("on 19 November 2026" for "Yesterday I ran ..."),
+    or None when it gives none or several."""
+    if at is None:
+        return None
+    found: set[str] = set()
+    for pattern, replacement in _date_rules(at):
+        for match in re.finditer(pattern, turn, flags=re.IGNORECASE):
+            found.add(replacement if isinstance(replacement, str) else replacement(match))
+        turn = re.sub(pattern, " ", turn, flags=re.IGNORECASE)
+    return found.pop() if len(found) == 1 else None
+
+
+def gives_time(text: str, at: datetime | None) -> bool:
+    """Whether ``text`` says when, other than by the date of mention ``at``."""
+    mention = format_date(at) if at is not None else None
+    if any(date != mention for date in _DATE.findall(text)):
+        return True
+    return any(w.casefold() in _TIME_WORDS for w in _WORD.findall(text))
+
+
+def _date_rules(at: datetime) -> list[tuple[str, _Replacement]]:
     d = format_date(at)
-    rules: list[tuple[str, _Replacement]] = [
+    return [
         (r"\bthe day before yesterday\b", f"on {format_date(at - timedelta(days=2))}"),
         (r"\bthe day after tomorrow\b", f"on {format_date(at + timedelta(days=2))}"),
         (r"\byesterday\b", f"on {format_date(at - timedelta(days=1))}"),
@@ -268,9 +295,6 @@ def resolve_dates(text: str, at: datetime | None) -> str:
             lambda m: f"on {format_date(_weekday(at, m[2], m[1].casefold() == 'next'))}",
         ),
     ]
-    for pattern, replacement in rules:
-        text = re.sub(pattern, _keep_case(replacement), text, flags=re.IGNORECASE)
-    return text
 
 
 def _keep_case(replacement: _Replacement) -> Callable[[re.Match[str]], str]:

@@ -5,7 +5,7 @@ import pytest
 
 from app.memory.answer import parse_answer
 from app.memory.extractor import checked_facts
-from app.memory.guard import check, resolve_dates
+from app.memory.guard import check, resolve_dates, turn_time
 from app.memory.schemas import as_views
 
 AT = datetime(2026, 12, 3, 10, tzinfo=UTC)  # a Thursday
@@ -137,3 +137,25 @@ def test_of_two_facts_saying_the_same_the_one_saying_more_is_kept() -> None:
         "repeats an earlier fact",
         "repeated by a later fact that says more",
     ]
+
+
+class TestTurnTime:
+    def test_the_one_fact_of_a_turn_gets_the_time_the_model_left_out(self) -> None:
+        turn = "Yesterday I ran my first marathon!"
+        facts, _ = checked_facts(
+            ["On 3 December 2026, Jack ran his first marathon."], turn, "Jack", AT
+        )
+        assert [f.text for f in facts] == [
+            "On 3 December 2026, Jack ran his first marathon on 2 December 2026."
+        ]
+
+    def test_with_several_facts_or_times_nothing_is_guessed(self) -> None:
+        turn = "Yesterday I ran a marathon. I love running."
+        facts, _ = checked_facts(["Jack ran a marathon.", "Jack loves running."], turn, "Jack", AT)
+        assert [f.text for f in facts] == [
+            "On 3 December 2026, Jack ran a marathon.",
+            "On 3 December 2026, Jack loves running.",
+        ]
+        assert turn_time("I ran yesterday and I fly tomorrow.", AT) is None
+        assert turn_time("I ran yesterday. Yesterday was fun.", AT) == "on 2 December 2026"
+        assert turn_time("I love tea.", AT) is None
