@@ -128,7 +128,15 @@ class _Validator:
         checked = check(text, sources, self.fact.speaker, self.fact.occurred_at)
         if checked.text is None:
             sentence, reason = checked.dropped[0]
-            raise _Rejected(f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}")
+            why = f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}"
+            if kind != OpKind.ADD:
+                raise _Rejected(why)
+            # The Manager found the fact new but wrote something else (often a listed memory,
+            # copied): the fact itself is what is new.
+            self.trimmed.append(
+                RejectedOperation(raw=dict(raw), reason=f"{why}; the fact is added instead")
+            )
+            return self.fact.text
         self.trimmed += [
             RejectedOperation(raw={"op": kind.value, "sentence": sentence}, reason=reason)
             for sentence, reason in checked.dropped
@@ -149,9 +157,9 @@ def validate_operations(
     second operation on the same memory, an ADD repeating another ADD or a listed memory, an
     UPDATE that leaves the text as it was. With ``fact``, ADD and UPDATE texts are checked by
     ``app.memory.guard`` against the fact (and an UPDATE's memory): unsupported or repeated
-    sentences are cut, each recorded among the rejections, and a text left empty rejects its
-    operation. An ADD's id, a DELETE's text and a NOOP are ignored. A wrongly shaped output is
-    a single rejection."""
+    sentences are cut, each recorded among the rejections; an UPDATE left with no text is
+    rejected, an ADD adds the fact itself instead. An ADD's id, a DELETE's text and a NOOP are
+    ignored. A wrongly shaped output is a single rejection."""
     items = _operation_items(parsed)
     if items is None:
         return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]

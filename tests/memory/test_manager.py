@@ -398,12 +398,16 @@ class TestGroundedTexts:
             op("ADD", "", "Andrew adopted Scout. Andrew adopted Scout. Andrew adopted"),
         )
         operations, rejected = validate_operations(parsed, shown, fact=self.FACT)
-        assert [o.text for o in operations] == ["Andrew adopted Scout."]
+        # The invented ADD adds the fact itself.
+        assert [o.text for o in operations] == [self.FACT.text, "Andrew adopted Scout."]
         reasons = [r.reason for r in rejected]
-        assert "not supported by the fact" in reasons[0]
+        assert "not supported by the fact" in reasons[0] and "the fact is added" in reasons[0]
         assert reasons[1:] == [
             "repeats an earlier sentence",
             "repeats the start of an earlier sentence",
         ]
+        invented = output(op("UPDATE", "m1", "Tom is taking a pottery class in Rome."))
+        operations, rejected = validate_operations(invented, shown, fact=self.FACT)
+        assert operations == [] and "not supported by the fact" in rejected[0].reason
         # Without the fact (format checks in training), texts are not checked.
         assert len(validate_operations(parsed, shown)[0]) == 2
