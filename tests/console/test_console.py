@@ -88,8 +88,8 @@ def bank(served: Served, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
             "s1",
             user,
             [
-                Turn(speaker="Ann", text="Guess what, we adopted another cat."),
-                Turn(speaker="Ann", text="Her name is Kit."),
+                Turn(speaker="Ann", text="Guess what, we adopted a second cat, Kit."),
+                Turn(speaker="Ann", text="She is tiny."),
             ],
             wait=True,
         )
@@ -286,8 +286,8 @@ def test_an_ingestion_job_and_its_turns(
     heading(browser, "Ingestion job")
     assert "2 of 2 turns processed" in browser.find_element(By.ID, "job").text
     turns = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "ol.turns li")]
-    assert turns[0].startswith("Ann: Guess what, we adopted another cat.")
-    assert turns[1].startswith("Ann: Her name is Kit.")
+    assert turns[0].startswith("Ann: Guess what, we adopted a second cat, Kit.")
+    assert turns[1].startswith("Ann: She is tiny.")
     ops = browser.find_element(By.CSS_SELECTOR, "#job table").text
     assert "UPDATE" in ops and "Ann has two cats, Tom and Kit." in ops
 
