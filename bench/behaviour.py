@@ -75,12 +75,19 @@ def repeats_sentence(memory: str) -> bool:
     )
 
 
+def says(text: str, word: str) -> bool:
+    """Whether ``word`` starts a word of ``text`` ("cancel" in "cancelled"), ignoring case; a
+    number must be the whole number ("5" is not in "15.56")."""
+    end = r"(?![\d])" if word[-1].isdigit() else ""
+    return re.search(rf"(?<![\w.]){re.escape(word)}{end}", text, re.IGNORECASE) is not None
+
+
 def check_bank(scenario: dict[str, Any], bank: list[str], ops: Counter[str]) -> list[str]:
     """What is wrong with ``bank`` (live memory texts) for ``scenario``; empty when right."""
     lowered = [m.casefold() for m in bank]
     problems = []
     for words in scenario.get("bank_has", []):
-        if not any(all(w in m for w in words) for m in lowered):
+        if not any(all(says(m, w) for w in words) for m in bank):
             problems.append(f"no memory has {' + '.join(words)}")
     for pattern in scenario.get("bank_lacks", []):
         if any(re.search(pattern, m) for m in lowered):
@@ -91,9 +98,8 @@ def check_bank(scenario: dict[str, Any], bank: list[str], ops: Counter[str]) -> 
 
 
 def answer_right(check: dict[str, Any], answer: str) -> bool:
-    lowered = answer.casefold()
-    return all(w in lowered for w in check.get("answer_has", [])) and (
-        not check.get("answer_any") or any(w in lowered for w in check["answer_any"])
+    return all(says(answer, w) for w in check.get("answer_has", [])) and (
+        not check.get("answer_any") or any(says(answer, w) for w in check["answer_any"])
     )
 
 
