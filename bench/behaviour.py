@@ -82,7 +82,7 @@ def says(text: str, word: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(word)}{end}", text, re.IGNORECASE) is not None
 
 
-def check_bank(scenario: dict[str, Any], bank: list[str], ops: Counter[str]) -> list[str]:
+def check_bank(scenario: dict[str, Any], bank: list[str]) -> list[str]:
     """What is wrong with ``bank`` (live memory texts) for ``scenario``; empty when right."""
     lowered = [m.casefold() for m in bank]
     problems = []
@@ -135,7 +135,7 @@ async def run_scenario(
         "name": scenario["name"],
         "user": user,
         "bank": bank,
-        "bank_problems": check_bank(scenario, bank, ops),
+        "bank_problems": check_bank(scenario, bank),
         "ops": dict(ops),
         "ops_right": None if not expected else any(ops[k] for k in expected),
         "answers": answers,
