@@ -159,12 +159,23 @@ def sentence_key(sentence: str) -> str:
     return text_key(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
 
 
+def _repeats(key: str, seen: set[str]) -> str | None:
+    """Why the sentence of ``key`` repeats one of the ``seen`` before it, or None."""
+    if key in seen:
+        return "repeats an earlier sentence"
+    if any(earlier.startswith(key) for earlier in seen):
+        return "repeats the start of an earlier sentence"
+    return None
+
+
 def drop_repeats(text: str) -> str:
     """``text`` without the sentences that say (or start) again one before them."""
     kept: list[str] = []
+    seen: set[str] = set()
     for sentence in sentences(text):
         key = sentence_key(sentence)
-        if not any(sentence_key(k).startswith(key) for k in kept):
+        if _repeats(key, seen) is None:
+            seen.add(key)
             kept.append(sentence)
     return " ".join(kept)
 
@@ -209,11 +220,9 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
         else:
             cut = None
         key = sentence_key(sentence)
-        if key in seen:
-            dropped.append((sentence, "repeats an earlier sentence"))
-            continue
-        if any(earlier.startswith(key) for earlier in seen):
-            dropped.append((sentence, "repeats the start of an earlier sentence"))
+        repeated = _repeats(key, seen)
+        if repeated is not None:
+            dropped.append((sentence, repeated))
             continue
         seen.add(key)
         reason = _unsupported(sentence, known, allowed) or _empty(sentence, allowed)
