@@ -11,13 +11,7 @@ acknowledged turn id is in the database.
 
 import argparse
 import asyncio
-import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,17 +27,16 @@ import psycopg
 if __package__ in (None, ""):  # run as a script (make bench-api)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.db import EmbeddedPostgres  # noqa: E402
 from bench.common import (  # noqa: E402
     OUT_DIR,
+    Server,
     Target,
-    free_port,
     print_targets,
+    started_server,
     summarize_ms,
     write_json,
 )
 
-KEY_PATTERN = re.compile(r"\bmr1_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}")
 SENTENCES = [
     "I adopted a dog named Buddy last weekend.",
     "We are moving to Lisbon in the spring, the kids are excited.",
@@ -79,101 +72,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.url and not args.api_key:
         parser.error("--url needs --api-key")
     return args
-
-
-# ---------------------------------------------------------------------------- the server
-
-
-@dataclass
-class Server:
-    url: str
-    api_key: str
-    database_url: str | None
-    startup_s: float | None = None
-
-
-def wait_until(
-    predicate: Any, timeout_s: float, what: str, process: subprocess.Popen[bytes]
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} while {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s {what}")
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@contextmanager
-def started_server(args: argparse.Namespace) -> Iterator[Server]:
-    """``memory-r1 serve --no-worker`` on a free port, with a fresh data directory (embedded
-    Postgres, converted model) that is removed afterwards."""
-    data_dir = Path(tempfile.mkdtemp(prefix="memr1-api-bench-"))
-    port = free_port()
-    log_path = args.out / f"{args.name}-server.log"
-    args.out.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "MEMR1_DATA_DIR": str(data_dir),
-        "HF_HUB_OFFLINE": "1",
-    }
-    for name in ("MEMR1_DATABASE_URL", "MEMR1_BROKER_URL"):
-        env.pop(name, None)
-    if args.broker_url:
-        env["MEMR1_BROKER_URL"] = args.broker_url
-    command = [str(Path(sys.executable).with_name("memory-r1")), "serve", "--no-worker"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    started = time.monotonic()
-    print(f"starting {' '.join(command)} on port {port} (log: {log_path})", flush=True)
-    with log_path.open("wb") as log:
-        # cwd: the data directory, so that no .env of the caller changes the server's settings
-        process = subprocess.Popen(
-            command, env=env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT
-        )
-    embedded: EmbeddedPostgres | None = None
-    try:
-        key_match = wait_until(
-            lambda: KEY_PATTERN.search(log_path.read_text(errors="replace")),
-            args.startup_timeout,
-            "waiting for the bootstrap API key",
-            process,
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: ready(url), args.startup_timeout, "waiting for /readyz", process)
-        startup_s = time.monotonic() - started
-        print(f"server ready after {startup_s:.1f} s", flush=True)
-        # the same embedded server, shared with the API process, for the turn check
-        embedded = EmbeddedPostgres(data_dir / "pg")
-        database_url = embedded.start()
-        yield Server(url, key_match.group(0), database_url, startup_s)
-    finally:
-        stop(process)
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    for sig, wait_s in ((signal.SIGINT, 60), (signal.SIGTERM, 30)):
-        if process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=30)
 
 
 # ------------------------------------------------------------------------------ the load
@@ -336,7 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.url:
         server_cm: Any = _given(Server(args.url.rstrip("/"), args.api_key, args.database_url))
     else:
-        server_cm = started_server(args)
+        extra = {"MEMR1_BROKER_URL": args.broker_url} if args.broker_url else {}
+        server_cm = started_server(
+            args.out, args.name, workers=False, startup_timeout_s=args.startup_timeout, env=extra
+        )
     with server_cm as server:
         print(f"{args.clients} clients posting turns for {args.duration:.0f} s ...", flush=True)
         load = asyncio.run(run_load(server, args))

@@ -1,16 +1,26 @@
-"""Helpers shared by the benchmarks: latency summaries, result files, the target table and a
-dedicated embedded Postgres."""
+"""Helpers shared by the benchmarks: latency summaries, result files, the target table, a
+dedicated embedded Postgres, the API in process, and `memory-r1 serve` started as a user
+starts it."""
 
 import json
 import os
 import platform
+import re
+import shutil
+import signal
 import socket
-from collections.abc import Sequence
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psycopg
 from fastapi import FastAPI
@@ -144,3 +154,103 @@ async def bench_api(
     app = create_app(settings, runtime)
     app.state.runtime = runtime
     return runtime, app, {"Authorization": f"Bearer {issued.plaintext}"}
+
+
+KEY_PATTERN = re.compile(r"\bmr1_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}")
+
+
+@dataclass
+class Server:
+    url: str
+    api_key: str
+    database_url: str | None
+    startup_s: float | None = None
+    data_dir: Path | None = None  # the started server's (datasets go in its datasets/)
+
+
+def wait_until(
+    predicate: Any, timeout_s: float, what: str, process: subprocess.Popen[bytes]
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} while {what}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s {what}")
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def started_server(
+    out: Path,
+    name: str,
+    *,
+    workers: bool,
+    startup_timeout_s: float = 600.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """``memory-r1 serve`` (with its ingestion and training workers, or ``--no-worker``) on
+    a free port, with a fresh data directory (embedded Postgres, converted model) that is
+    removed afterwards; its bootstrap key has the admin and memory scopes."""
+    data_dir = Path(tempfile.mkdtemp(prefix=f"memr1-{name}-bench-"))
+    port = free_port()
+    log_path = out / f"{name}-server.log"
+    out.mkdir(parents=True, exist_ok=True)
+    server_env = {**os.environ, "MEMR1_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    for variable in ("MEMR1_DATABASE_URL", "MEMR1_BROKER_URL"):
+        server_env.pop(variable, None)
+    server_env |= env or {}
+    command = [str(Path(sys.executable).with_name("memory-r1")), "serve"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += [] if workers else ["--no-worker"]
+    started = time.monotonic()
+    print(f"starting {' '.join(command)} on port {port} (log: {log_path})", flush=True)
+    with log_path.open("wb") as log:
+        # cwd: the data directory, so that no .env of the caller changes the server's settings
+        process = subprocess.Popen(
+            command, env=server_env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT
+        )
+    embedded: EmbeddedPostgres | None = None
+    try:
+        key_match = wait_until(
+            lambda: KEY_PATTERN.search(log_path.read_text(errors="replace")),
+            startup_timeout_s,
+            "waiting for the bootstrap API key",
+            process,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: ready(url), startup_timeout_s, "waiting for /readyz", process)
+        startup_s = time.monotonic() - started
+        print(f"server ready after {startup_s:.1f} s", flush=True)
+        # the same embedded server, shared with the API process, for checks of what it stored
+        embedded = EmbeddedPostgres(data_dir / "pg")
+        database_url = embedded.start()
+        yield Server(url, key_match.group(0), database_url, startup_s, data_dir)
+    finally:
+        stop(process)
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    for sig, wait_s in ((signal.SIGINT, 60), (signal.SIGTERM, 30)):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)

@@ -144,7 +144,7 @@ def _turn_position(dia_id: str) -> tuple[int, int]:
     return int(session), int(turn)
 
 
-def _dia_ids(evidence: Iterable[str]) -> list[str]:
+def dia_ids(evidence: Iterable[str]) -> list[str]:
     # A few items pack several ids into one string ("D8:6; D9:17").
     return [found for item in evidence for found in _DIA_ID.findall(item)]
 
@@ -167,7 +167,7 @@ def _conversation_facts(conv: Conversation) -> list[_Fact]:
     facts: list[_Fact] = []
     for session in conv.sessions:
         for i, obs in enumerate(session.observations):
-            evidence = _dia_ids(obs.evidence)
+            evidence = dia_ids(obs.evidence)
             positions = [_turn_position(e) for e in evidence] or [(session.index, 0)]
             memory = MemoryView(
                 key="",
@@ -270,7 +270,7 @@ def manager_rows_from_locomo(
         facts = _conversation_facts(conv)
         speakers = (conv.speaker_a, conv.speaker_b)
         for qa in _questions(conv, categories):
-            wanted = set(_dia_ids(qa.evidence))
+            wanted = set(dia_ids(qa.evidence))
             evidence = [i for i, f in enumerate(facts) if wanted & set(f.evidence)]
             if not evidence:
                 continue
