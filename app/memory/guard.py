@@ -4,6 +4,8 @@ A small model repeats itself, copies its worked examples and invents details. Be
 is kept or a Manager text is applied, each of its sentences is checked against its sources
 (the turn for a fact; the fact and the memory it changes for a Manager text):
 
+- markup its sources do not contain ("</fact>}, {", "</context:", a brace) ends the text: the
+  model went on as if closing its prompt's tags or the JSON, and what follows is not a memory;
 - a sentence said before in the same text is dropped (so is the cut-off start of one), as is
   one that repeats a word over and over (the shape of a model that lost its way), and one that
   says nothing but a name or a date;
@@ -58,6 +60,8 @@ _DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{
 _OPENING_DATE = re.compile(rf"^On ({_DATE.pattern}),?\s*")
 _LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {_DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
+# A tag's start ("<fact>", "</context:") or a brace: the prompt's markup or the JSON's.
+_MARKUP = re.compile(r"</?[A-Za-z_][\w-]*(?=[>:\s]|$)>?|[{}]")
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,10 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
         allowed.dates.add(format_date(at))
     kept: list[str] = []
     dropped: list[tuple[str, str]] = []
+    markup = next((m for m in _MARKUP.finditer(text) if m[0] not in source_text), None)
+    if markup is not None:
+        dropped.append((text[markup.start() :], "markup from the prompt or the JSON"))
+        text = text[: markup.start()].rstrip(" ,;:-")
     seen: set[str] = set()
     for sentence in sentences(text):
         # "On <a date from nowhere>, ..." is the prompt's own form with a wrong date (often its

@@ -63,6 +63,24 @@ class TestCheck:
         assert kept("Ann moved to Lisbon on 3 June 2023.", "I moved to Lisbon.") is None
         assert kept("Ann moved to Lisbon on 3 December 2026.", "I moved to Lisbon.")
 
+    def test_markup_ends_the_text(self) -> None:
+        # Written by the bundled Manager on LoCoMo conv-26: it went on as if closing its tags.
+        turn = "I'm looking forward to your wedding day!"
+        checked = check(
+            "Caroline said she was looking forward to your wedding day.</context:",
+            [turn],
+            "Caroline",
+            AT,
+        )
+        assert checked.text == "Caroline said she was looking forward to your wedding day."
+        assert checked.dropped == [("</context:", "markup from the prompt or the JSON")]
+        assert kept("Ann looks forward to it.</fact>}, {", "I look forward to it.") == (
+            "Ann looks forward to it."
+        )
+        assert kept('Ann likes tea. {"op": "ADD"', "I like tea.") == "Ann likes tea."
+        # Markup the turn itself has is the user's own.
+        assert kept("Ann wrote <b>bold</b> notes.", "I wrote <b>bold</b> notes.")
+
     def test_a_looping_sentence_is_dropped(self) -> None:
         assert kept("Ann likes tea tea tea tea tea.", "I like tea.") is None
 
