@@ -6,8 +6,9 @@ training job per agent (`source=episodes`, `activate=if_better`, validated on co
 adapters the gate activates are then compared with the base agents on conv-30 through the
 API: two configurations of the service (base Manager and Answer Agent; the active ones)
 answer the same questions from banks they each built (F1 / BLEU-1 / EM, the eval harness's
-report and chart). Target: the active configuration beats the base on conv-30 F1. Exits 1
-when a target fails (a job that failed, no adapter activated, no gain).
+report and chart). Target: the active configuration beats the base on conv-30 F1, question by
+question, with the 95 % bootstrap interval of the gain above 0. Exits 1 when a target fails (a
+job that failed, no adapter activated, no gain beyond the noise).
 
     python -m bench.feedback_loop                                   # every session (hours)
     python -m bench.feedback_loop --sessions 2 --questions 20 --steps 4   # a slice
@@ -30,7 +31,14 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT_DIR, Server, Target, print_targets, started_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT_DIR,
+    Server,
+    Target,
+    print_targets,
+    started_server,
+    write_json,
+)
 from training.datasets import dia_ids  # noqa: E402
 from training.eval.harness import EvalOptions, run_eval, select_questions  # noqa: E402
 from training.eval.loaders import Conversation, load_locomo  # noqa: E402
@@ -254,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with started_server(args.out, "feedback_loop", workers=True) as server:
         results = asyncio.run(run(server, args))
-    (args.out / "feedback_loop.json").write_text(json.dumps(results, indent=2, default=str))
+    written = write_json("feedback_loop", results, args.out)
     for agent, job in results["jobs"].items():
         print(
             f"{agent}: {job['status']} activated={job['activated']} validation={job['validation']}"
@@ -264,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"conv-30 F1 gain, question by question: {results['conv30_gain']}")
     checks = targets(results)
     print_targets(checks)
-    print(f"wrote {args.out / 'feedback_loop.json'} and {args.out / 'feedback_loop'}/")
+    print(f"wrote {written} and {args.out / 'feedback_loop'}/ (results.md, chart.png)")
     return 0 if all(t.passed for t in checks) else 1
 
 
