@@ -41,7 +41,7 @@ from bench.common import (  # noqa: E402
 )
 from training.datasets import dia_ids  # noqa: E402
 from training.eval.harness import EvalOptions, run_eval, select_questions  # noqa: E402
-from training.eval.loaders import Conversation, load_locomo  # noqa: E402
+from training.eval.loaders import DEFAULT_CATEGORIES, Conversation, load_locomo  # noqa: E402
 from training.eval.report import OVERALL  # noqa: E402
 from training.eval.targets import ServiceTarget, service_client  # noqa: E402
 
@@ -88,8 +88,7 @@ def validation_file(
     asks, for the training jobs' gate (the gate answers from the conversation's gold
     observations, so the whole conversation stays); returns how many questions it holds."""
     asked = {
-        qa.question
-        for _, qa in select_questions(conversation, frozenset({1, 2, 3, 4}), limit, seed)
+        qa.question for _, qa in select_questions(conversation, DEFAULT_CATEGORIES, limit, seed)
     }
     [sample] = json.loads(source.read_text(encoding="utf-8"))
     sample = {**sample, "qa": [qa for qa in sample["qa"] if qa["question"] in asked]}
@@ -114,7 +113,7 @@ async def production(
     report = await service.prepare(conversation, user)
     ingest_s = time.perf_counter() - started
     answers = []
-    questions = select_questions(conversation, frozenset({1, 2, 3, 4}), limit, seed)
+    questions = select_questions(conversation, DEFAULT_CATEGORIES, limit, seed)
     for _, qa in tqdm(questions, desc="asking conv-26, posting feedback", unit="question"):
         answer = await service.answer(conversation, user, qa.question)
         response = await client.post(
