@@ -171,8 +171,9 @@ async def train(
 
 async def evaluate(
     client: httpx.AsyncClient, conversation: Conversation, args: argparse.Namespace
-) -> dict[str, Any]:
-    """conv-30 through the API: the base agents against the active ones."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """conv-30 through the API, the base agents against the active ones: the harness's
+    summary, and the gain question by question."""
     targets = [
         ServiceTarget("base", client, manager_adapter="base", answer_adapter="base"),
         ServiceTarget("trained", client, manager_adapter="active", answer_adapter="active"),
@@ -187,7 +188,7 @@ async def evaluate(
     )
     await run_eval([conversation], targets, options)
     summary: dict[str, Any] = json.loads((out_dir / "summary.json").read_text())
-    return summary
+    return summary, paired_gain(out_dir / "questions.jsonl", args.seed)
 
 
 async def run(server: Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -207,8 +208,7 @@ async def run(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             agent: await train(client, agent, str(gate), args.steps, args.job_timeout)
             for agent in AGENTS
         }
-        results["conv30"] = await evaluate(client, conv30, args)
-    results["conv30_gain"] = paired_gain(args.out / "feedback_loop" / "questions.jsonl", args.seed)
+        results["conv30"], results["conv30_gain"] = await evaluate(client, conv30, args)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     return results
 
