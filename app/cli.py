@@ -74,6 +74,15 @@ def _bootstrap(database_url: str) -> None:
         )
 
 
+def _install_defaults(settings: Settings) -> None:
+    assert settings.database_url
+    installed = asyncio.run(
+        _with_db(settings.database_url, lambda db: adapters.install_defaults(db, settings))
+    )
+    for adapter in installed:
+        print(f"Serving the shipped {adapter.agent} adapter {adapter.name} by default", flush=True)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -86,6 +95,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         upgrade_to_head(resolved.database_url)
         if resolved.bootstrap_admin:
             _bootstrap(resolved.database_url)
+        if resolved.default_adapters:
+            _install_defaults(resolved)
         env = {**os.environ, "MEMR1_DATABASE_URL": resolved.database_url}
         # Two solo workers: a long training run never holds up ingestion. Each is started
         # again when it exits, and stopped with everything it started when serve stops.
@@ -206,6 +217,9 @@ async def _eval_in_process(args: argparse.Namespace, settings: Settings) -> None
 
     runtime = await build_runtime(settings, with_queue=True)
     try:
+        if settings.default_adapters:
+            async with transaction(runtime.sessions) as db:
+                await adapters.install_defaults(db, settings)
         if not args.api_key:
             async with transaction(runtime.sessions) as db:
                 issued = await tenants.create_key(

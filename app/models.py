@@ -315,9 +315,19 @@ class Adapter(Base):
             unique=True,
             postgresql_where=text("status = 'active'"),
         ),
+        # Exactly one active global default per agent.
+        Index(
+            "uq_adapters_one_global_active",
+            "agent",
+            unique=True,
+            postgresql_where=text("status = 'active' AND tenant_id IS NULL"),
+        ),
     )
     id: Mapped[uuid.UUID] = _pk()
-    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    # None: a global default, serving every tenant without an active adapter of its own.
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     agent: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200), unique=True)
     base_model: Mapped[str] = mapped_column(String(200))

@@ -10,16 +10,27 @@ reward curve).
     python -m bench.train_answer --minutes 5 --val-limit 8 --train-limit 16   # a smoke run
 
 Target: the adapter's validation F1 beats the base model's by >= 30% relative.
+
+With ``--ship`` an adapter that meets the target replaces the one shipped for its agent in
+``app/adapters/defaults/<agent>/`` (weights, config and ``card.json``); ``memory-r1 serve``
+registers it as the global default on its next start. The shipped answer adapter was made by
+
+    python -m bench.train_answer --max-steps 200 --minutes 60 --ship
 """
 
 import argparse
+import json
+import shutil
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
+from app.adapters.service import DEFAULTS_DIR
 from app.core.config import get_settings
 from app.llm.bundled import ensure_bundled_model
 from bench.common import OUT_DIR, Target, print_targets, write_json
@@ -62,6 +73,11 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     # On a shared 2-core machine one thread is 2-3x faster than two: a descheduled thread
     # stalls every parallel op of the other.
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help=f"an adapter that meets the target becomes the shipped default ({DEFAULTS_DIR})",
+    )
     return p
 
 
@@ -162,7 +178,65 @@ def run_bench(
     json_path = write_json(name, payload, out_dir)
     png_path = plot(name, before, after, result.history, out_dir)
     print(f"[{name}] wrote {json_path} and {png_path}", flush=True)
+    if settings.get("ship"):
+        if all(t.passed for t in targets):
+            shipped = ship(name, payload, config, result.adapter_dir)
+            print(f"[{name}] shipped as the default {config.agent} adapter in {shipped}")
+        else:
+            print(f"[{name}] not shipped: the target failed", flush=True)
     return payload
+
+
+# What the bundled model is called on Hugging Face; serving compares by basename.
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_CARD_SETTINGS = (
+    "reward", "format_weight", "lora_r", "lora_alpha", "target_modules", "learning_rate",
+    "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_completion_length", "beta", "temperature", "seed",
+)  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def ship(name: str, payload: dict[str, Any], config: GRPOJobConfig, adapter_dir: Path) -> Path:
+    """Copy a trained adapter into the shipped defaults with its card: data, steps,
+    settings, metrics and the command that makes it again."""
+    target = DEFAULTS_DIR / config.agent
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = BUNDLED_MODEL_ID
+    (target / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+    shutil.copy(adapter_dir / "adapter_model.safetensors", target)
+    steps = payload["train"]["metrics"]["steps"]
+    card = {
+        "agent": config.agent,
+        "base_model": BUNDLED_MODEL_ID,
+        "method": "GRPO + LoRA (training/grpo.py) on this project's CPU path",
+        # The learning rate is constant, so a run stopped by its time budget at step N is
+        # the run with --max-steps N.
+        "command": f"python -m bench.{name} --max-steps {steps} --minutes 100000 --ship",
+        "produced_by": payload["settings"].get("argv"),
+        "data": {
+            "train": TRAIN_FILE.name,
+            "train_rows": payload["train_rows"],
+            "validation": VAL_FILE.name,
+            "validation_rows": payload["val_rows"],
+        },
+        "steps": steps,
+        "train_seconds": payload["train"]["metrics"]["train_seconds"],
+        "settings": {key: _plain(getattr(config, key)) for key in _CARD_SETTINGS},
+        "metrics": {k: payload["after"][k] for k in ("f1", "bleu1", "em", "unusable", "rows")},
+        "base_metrics": {
+            k: payload["before"][k] for k in ("f1", "bleu1", "em", "unusable", "rows")
+        },
+        "trained_at": datetime.now(UTC).date().isoformat(),
+    }
+    (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return target
 
 
 def _scores(report: dict[str, Any]) -> str:
@@ -231,10 +305,18 @@ def main() -> int:
         train_rows,
         val_rows,
         minutes=args.minutes,
-        settings=vars(args) | {"out": str(args.out), "data_dir": str(args.data_dir)},
+        settings=bench_settings(args),
         out_dir=args.out,
     )
     return 0 if all(t["passed"] for t in payload["targets"]) else 1
+
+
+def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return vars(args) | {
+        "out": str(args.out),
+        "data_dir": str(args.data_dir),
+        "argv": " ".join(["python -m bench." + Path(sys.argv[0]).stem, *sys.argv[1:]]),
+    }
 
 
 if __name__ == "__main__":

@@ -16,7 +16,14 @@ than the Answer Agent's benchmark:
 
 import torch
 
-from bench.train_answer import TRAIN_FILE, VAL_FILE, arguments, job_config, run_bench
+from bench.train_answer import (
+    TRAIN_FILE,
+    VAL_FILE,
+    arguments,
+    bench_settings,
+    job_config,
+    run_bench,
+)
 from training.datasets import Retriever, load_encoder, manager_rows_from_locomo
 
 
@@ -41,7 +48,7 @@ def main() -> int:
         val_rows,
         minutes=args.minutes,
         retriever=retriever,
-        settings=vars(args) | {"out": str(args.out), "data_dir": str(args.data_dir)},
+        settings=bench_settings(args),
         out_dir=args.out,
     )
     return 0 if all(t["passed"] for t in payload["targets"]) else 1

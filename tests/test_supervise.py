@@ -159,6 +159,8 @@ def test_serve_restarts_a_killed_worker_and_stops_everything(
         "MEMR1_DATABASE_URL": settings.database_url,
         "MEMR1_DATA_DIR": str(settings.data_dir),
         "MEMR1_BOOTSTRAP_ADMIN": "false",
+        # Global adapters it registered would serve every later test on this database.
+        "MEMR1_DEFAULT_ADAPTERS": "false",
         "MEMR1_PORT": str(port),
         "MEMR1_LOG_LEVEL": "WARNING",
     }

@@ -2,26 +2,41 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import ColumnElement, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Adapter, AdapterStatus, TrainingJob
 
 
+def _visible_to(tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """The tenant's own adapters and the global defaults."""
+    return or_(Adapter.tenant_id == tenant_id, Adapter.tenant_id.is_(None))
+
+
 async def get(session: AsyncSession, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter | None:
+    """One of the tenant's adapters or a global default."""
     return await session.scalar(
-        select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.id == adapter_id)
+        select(Adapter).where(_visible_to(tenant_id), Adapter.id == adapter_id)
     )
 
 
 async def get_active(session: AsyncSession, tenant_id: uuid.UUID, agent: str) -> Adapter | None:
+    """What serves the tenant's agent: its own active adapter, else the active global
+    default, else None (the base model)."""
     return await session.scalar(
-        select(Adapter).where(
-            Adapter.tenant_id == tenant_id,
+        select(Adapter)
+        .where(
+            _visible_to(tenant_id),
             Adapter.agent == agent,
             Adapter.status == AdapterStatus.active,
         )
+        .order_by(Adapter.tenant_id.is_(None))
+        .limit(1)
     )
+
+
+async def get_by_name(session: AsyncSession, name: str) -> Adapter | None:
+    return await session.scalar(select(Adapter).where(Adapter.name == name))
 
 
 async def all_active(session: AsyncSession) -> Sequence[Adapter]:
@@ -33,7 +48,7 @@ async def all_active(session: AsyncSession) -> Sequence[Adapter]:
 async def list_adapters(
     session: AsyncSession, tenant_id: uuid.UUID, agent: str | None
 ) -> Sequence[Adapter]:
-    query = select(Adapter).where(Adapter.tenant_id == tenant_id)
+    query = select(Adapter).where(_visible_to(tenant_id))
     if agent is not None:
         query = query.where(Adapter.agent == agent)
     return (await session.scalars(query.order_by(Adapter.created_at.desc()))).all()
@@ -46,29 +61,31 @@ async def add(session: AsyncSession, adapter: Adapter) -> Adapter:
     return adapter
 
 
-async def lock_agent(session: AsyncSession, tenant_id: uuid.UUID, agent: str) -> None:
-    """Serialise activations of one agent's adapters until the transaction ends."""
+async def lock_agent(session: AsyncSession, tenant_id: uuid.UUID | None, agent: str) -> None:
+    """Serialise activations of one agent's adapters (a tenant's, or the global defaults
+    for None) until the transaction ends."""
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"adapters:{tenant_id}:{agent}"},
+        {"key": f"adapters:{tenant_id or 'global'}:{agent}"},
+    )
+
+
+async def retire_active(session: AsyncSession, tenant_id: uuid.UUID | None, agent: str) -> None:
+    """The tenant's (or, for None, the global) active adapter of the agent becomes retired."""
+    owner = Adapter.tenant_id.is_(None) if tenant_id is None else Adapter.tenant_id == tenant_id
+    await session.execute(
+        update(Adapter)
+        .where(owner, Adapter.agent == agent, Adapter.status == AdapterStatus.active)
+        .values(status=AdapterStatus.retired)
     )
 
 
 async def set_active(session: AsyncSession, adapter: Adapter) -> None:
-    now = datetime.now(UTC)
-    await session.execute(
-        update(Adapter)
-        .where(
-            Adapter.tenant_id == adapter.tenant_id,
-            Adapter.agent == adapter.agent,
-            Adapter.status == AdapterStatus.active,
-        )
-        .values(status=AdapterStatus.retired)
-    )
+    await retire_active(session, adapter.tenant_id, adapter.agent)
     await session.execute(
         update(Adapter)
         .where(Adapter.id == adapter.id)
-        .values(status=AdapterStatus.active, activated_at=now)
+        .values(status=AdapterStatus.active, activated_at=datetime.now(UTC))
     )
     await session.refresh(adapter)
 

@@ -7,6 +7,8 @@ from pydantic import BaseModel
 
 class AdapterRead(BaseModel):
     id: uuid.UUID
+    # None: a global default, serving every tenant without an active adapter of its own.
+    tenant_id: uuid.UUID | None
     agent: str
     name: str
     base_model: str

@@ -1,6 +1,7 @@
 """The adapter registry. Postgres is the source of truth; what the serving backend has loaded
 is a cache that is filled on demand and reconciled on start."""
 
+import hashlib
 import json
 import logging
 import shutil
@@ -16,11 +17,15 @@ from app.core.config import Settings
 from app.core.db import transaction
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.runtime import Runtime
+from app.core.schemas import ADD_ONLY
 from app.llm.backend import validate_adapter_dir
 from app.models import Adapter, AdapterStatus, Agent
 from app.tenants import repository as tenants
 
 log = logging.getLogger(__name__)
+
+# Adapters trained for the bundled model, one folder per agent (see its card.json).
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
 
 
 async def ensure_loaded(runtime: Runtime, adapter: Adapter) -> str:
@@ -46,8 +51,9 @@ async def _chosen(
 
 
 async def check_choice(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> None:
-    """NotFound unless ``choice`` ('active', 'base' or an adapter id) names a usable adapter."""
-    if choice in ("active", "base"):
+    """NotFound unless ``choice`` ('active', 'base', the Manager's 'add-only' or an adapter id)
+    names a usable adapter."""
+    if choice in ("active", "base", ADD_ONLY):
         return
     async with transaction(runtime.sessions) as db:
         await _chosen(db, tenant_id, agent, choice)
@@ -56,7 +62,10 @@ async def check_choice(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choic
 async def resolve(runtime: Runtime, tenant_id: uuid.UUID, agent: str, choice: str) -> str | None:
     """The adapter name to serve ``agent`` with (loaded on demand): None for the base model,
     which also serves 'active' while the active adapter is one serving failed to load at
-    start (the error is in the log; activating an adapter again clears it)."""
+    start (the error is in the log; activating an adapter again clears it), and the
+    Manager's 'add-only', which calls no model."""
+    if choice == ADD_ONLY:
+        return None
     async with transaction(runtime.sessions) as db:
         adapter = await _chosen(db, tenant_id, agent, choice)
     if adapter is None or (choice == "active" and adapter.id in runtime.unloadable_adapters):
@@ -97,7 +106,7 @@ async def list_adapters(
 async def register_candidate(
     db: AsyncSession,
     *,
-    tenant_id: uuid.UUID,
+    tenant_id: uuid.UUID | None,
     agent: str,
     name: str,
     base_model: str,
@@ -143,16 +152,26 @@ async def activate(runtime: Runtime, tenant_id: uuid.UUID, adapter_id: uuid.UUID
     """This process's serving side loads the adapter first, so one that serving refuses is
     never made active; then the database pointer moves (committed). Requests already running
     finish on the adapter they started with; other processes load it on their next request
-    for that agent."""
+    for that agent. Activating the active global default puts the tenant's agent back on it:
+    the tenant's own active adapter is retired."""
     async with transaction(runtime.sessions) as db:
         adapter = await _activatable(db, tenant_id, adapter_id)
+    if adapter.tenant_id is None and adapter.status != AdapterStatus.active:
+        raise Conflict(
+            f"adapter {adapter_id} is a global default that no longer serves; a tenant can go "
+            "back only to the active global default"
+        )
     if not Path(adapter.path, "adapter_config.json").is_file():
         raise Conflict(f"adapter {adapter_id} has no adapter_config.json at {adapter.path}")
     await ensure_loaded(runtime, adapter)
     async with transaction(runtime.sessions) as db:
         # Read again: an erasure may have withdrawn it while serving loaded it.
         adapter = await _activatable(db, tenant_id, adapter_id)
-        await set_active(db, adapter)
+        if adapter.tenant_id is None:
+            await repository.lock_agent(db, tenant_id, adapter.agent)
+            await repository.retire_active(db, tenant_id, adapter.agent)
+        else:
+            await set_active(db, adapter)
     runtime.unloadable_adapters.discard(adapter.id)
     return AdapterRead.model_validate(adapter, from_attributes=True)
 
@@ -195,3 +214,59 @@ async def import_adapter(
     if activate:
         await set_active(db, adapter)
     return adapter
+
+
+def _version(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("adapter_*")):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+async def install_defaults(
+    db: AsyncSession, settings: Settings, source: Path | None = None
+) -> list[Adapter]:
+    """Register the adapters shipped in ``source`` (``<agent>/`` folders) as the global
+    defaults of their agents: copied under the adapters directory, made the active global
+    adapter, serving every tenant that has no active adapter of its own. A shipped version
+    already registered is left as it is, so this runs on every start; one trained on another
+    base model than the served one is skipped (logged)."""
+    source = source or DEFAULTS_DIR
+    installed = []
+    folders = sorted(source.glob("*/adapter_config.json")) if source.is_dir() else []
+    for folder in (config.parent for config in folders):
+        agent = folder.name
+        if agent not in {a.value for a in Agent}:
+            log.warning("shipped adapter folder %s is not named after an agent; skipped", folder)
+            continue
+        try:
+            validate_adapter_dir(
+                folder, base_model=settings.llm.model, max_lora_rank=settings.llm.max_lora_rank
+            )
+        except Unprocessable as exc:
+            log.info("the shipped %s adapter does not fit this server: %s", agent, exc.detail)
+            continue
+        name = f"{agent}-default-{_version(folder)}"
+        await repository.lock_agent(db, None, agent)
+        if await repository.get_by_name(db, name) is not None:
+            continue
+        target = settings.adapter_root / "global" / name
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+        card_file = folder / "card.json"
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        config = json.loads((folder / "adapter_config.json").read_text())
+        adapter = await register_candidate(
+            db,
+            tenant_id=None,
+            agent=agent,
+            name=name,
+            base_model=settings.llm.model,
+            path=str(target),
+            rank=int(config["r"]),
+            validation_metrics=card.get("metrics"),
+            training_job_id=None,
+        )
+        await set_active(db, adapter)
+        log.info("registered the shipped %s adapter %s as the global default", agent, name)
+        installed.append(adapter)
+    return installed

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     bootstrap_admin: bool = Field(
         True, description="On an empty database, create a tenant and print an admin key once."
     )
+    default_adapters: bool = Field(
+        True,
+        description="serve registers the adapters shipped for the bundled model "
+        "(app/adapters/defaults) as global defaults, serving every tenant that has not "
+        "activated its own.",
+    )
     log_level: str = "INFO"
 
     llm: LLMSettings = LLMSettings()

@@ -54,11 +54,22 @@ NonEmptyText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_storable)
 ]
 StorableJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 AdapterChoice = Annotated[
     str,
     Field(
-        pattern=r"^(active|base|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
+        pattern=rf"^(active|base|{_UUID})$",
         description="'active' (the agent's active adapter), 'base' (no adapter) or an adapter id",
+    ),
+]
+# No Manager at all: every fact is stored as a new memory (how mem0 stores memories today).
+ADD_ONLY = "add-only"
+ManagerChoice = Annotated[
+    str,
+    Field(
+        pattern=rf"^(active|base|{ADD_ONLY}|{_UUID})$",
+        description="'active' (the Manager's active adapter), 'base' (no adapter), an adapter "
+        f"id, or '{ADD_ONLY}': no Manager call, every fact is added (a comparison baseline)",
     ),
 ]
 

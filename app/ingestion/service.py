@@ -23,7 +23,7 @@ from app.adapters import service as adapters
 from app.core.db import UNAVAILABLE, transaction
 from app.core.errors import AppError, Conflict, NotFound, Upstream
 from app.core.runtime import Runtime
-from app.core.schemas import next_offset
+from app.core.schemas import ADD_ONLY, next_offset
 from app.core.tracing import APPLY, EXTRACT, INGESTION_JOB, MANAGE, record_completion, tracer
 from app.episodes import repository as episodes
 from app.episodes.views import fact_from_json, fact_json, view_json
@@ -32,9 +32,9 @@ from app.ingestion.schemas import IngestionPage, IngestionRead
 from app.memories import repository as memories
 from app.memories import service as memories_service
 from app.memory.extractor import Extraction, extract_facts
-from app.memory.manager import check_noop, decide, keep_fact
+from app.memory.manager import Decision, check_noop, decide, keep_fact
 from app.memory.prompts import EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION
-from app.memory.schemas import Fact, OpKind, as_views
+from app.memory.schemas import Fact, Operation, OpKind, as_views
 from app.models import Agent, IngestionJob, JobStatus, Turn
 from app.sessions import repository as turns_repository
 from app.sessions.schemas import TurnRead
@@ -336,11 +336,15 @@ async def _manage_fact(
         )
     seen = {memory.id: memory.version for memory, _ in hits}
     candidates = as_views([(m.id, m.text, m.speaker, m.occurred_at) for m, _ in hits])
+    add_only = job.manager_adapter == ADD_ONLY
     with tracer.start_as_current_span(MANAGE) as span:
-        decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
-        nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
-        noop_min = runtime.settings.pipeline.noop_min_similarity
-        decision = keep_fact(check_noop(decision, fact, nearest, noop_min), fact)
+        if add_only:
+            decision = Decision([Operation(OpKind.ADD, None, fact.text)], [], None, None)
+        else:
+            decision = await decide(runtime.llm, fact, candidates, adapter=ctx.manager)
+            nearest = 1.0 - hits[0][1] if hits else None  # hits come nearest first
+            noop_min = runtime.settings.pipeline.noop_min_similarity
+            decision = keep_fact(check_noop(decision, fact, nearest, noop_min), fact)
         record_completion(
             span,
             decision.completion,
@@ -359,7 +363,7 @@ async def _manage_fact(
             tenant_id=job.tenant_id,
             user_id=job.user_id,
             agent=Agent.manager,
-            prompt_version=MANAGER_PROMPT_VERSION,
+            prompt_version=ADD_ONLY if add_only else MANAGER_PROMPT_VERSION,
             input_={"fact": fact_json(fact), "candidates": [view_json(c) for c in candidates]},
             completion=decision.completion,
             parsed={
@@ -370,7 +374,7 @@ async def _manage_fact(
                 "rejected": [{"raw": r.raw, "reason": r.reason} for r in decision.rejected],
             },
             error=decision.error,
-            model=runtime.llm.base_model,
+            model=ADD_ONLY if add_only else runtime.llm.base_model,
         )
         with tracer.start_as_current_span(APPLY) as span:
             applied, stale = await memories_service.apply_operations(

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import AdapterChoice, ExternalIdField, NonEmptyText, UtcDatetime
+from app.core.schemas import ExternalIdField, ManagerChoice, NonEmptyText, UtcDatetime
 
 
 class TurnIn(BaseModel):
@@ -18,7 +18,7 @@ class TurnIn(BaseModel):
 class TurnsCreate(BaseModel):
     user_id: ExternalIdField
     turns: list[TurnIn] = Field(min_length=1)
-    manager_adapter: AdapterChoice = "active"
+    manager_adapter: ManagerChoice = "active"
 
 
 class TurnsAccepted(BaseModel):

@@ -49,6 +49,34 @@ async def memories(client, headers, user="andrew"):
     return response.json()["items"]
 
 
+async def test_add_only_stores_every_fact_without_asking_a_manager(client, fake_llm, tenant_a, db):
+    for turn, fact in [
+        (BUDDY, "On 8 May 2023, Andrew adopted a dog named Buddy."),
+        (SCOUT, "On 2 June 2023, Andrew adopted another dog named Scout."),
+    ]:
+        fake_llm.push({"facts": [fact]})
+        response = await client.post(
+            "/sessions/s1/turns?wait=true",
+            json={"user_id": "andrew", "turns": [turn], "manager_adapter": "add-only"},
+            headers=tenant_a.memory,
+        )
+        assert response.status_code == 200, response.text
+        assert [op["op"] for op in response.json()["operations"]] == ["ADD"]
+    assert len(fake_llm.calls) == 2  # the two extractions, no Manager call
+    assert sorted(m["text"] for m in await memories(client, tenant_a.memory)) == [
+        "On 2 June 2023, Andrew adopted another dog named Scout.",
+        "On 8 May 2023, Andrew adopted a dog named Buddy.",
+    ]
+    decisions = (
+        await db.scalars(
+            select(Episode).where(
+                Episode.tenant_id == tenant_a.tenant_id, Episode.agent == "manager"
+            )
+        )
+    ).all()
+    assert [(e.model, e.prompt_version) for e in decisions] == [("add-only", "add-only")] * 2
+
+
 async def test_buddy_then_scout_is_one_update_keeping_both_dogs(client, fake_llm, tenant_a):
     fake_llm.push(
         {"facts": ["On 8 May 2023, Andrew adopted a dog named Buddy."]},

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from app.core.schemas import ADD_ONLY
 from app.llm.backend import LLMBackend
 from training.eval.harness import EvalOptions, run_eval
 from training.eval.judge import LLMJudge
@@ -25,8 +26,8 @@ from training.eval.targets import (
     service_client,
 )
 
-CONFIGS = ("full-context", "rag", "base", "trained-answer", "trained-both")
-SERVICE_CONFIGS = frozenset({"base", "trained-answer", "trained-both"})
+CONFIGS = ("full-context", "rag", "add-only", "base", "trained-answer", "trained-both")
+SERVICE_CONFIGS = frozenset({"add-only", "base", "trained-answer", "trained-both"})
 DEFAULT_CONFIGS = "full-context,rag,base"
 
 T = TypeVar("T")
@@ -98,13 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--answer-adapter",
         default=None,
         metavar="ID",
-        help="Trained Answer Agent adapter id (trained-answer, trained-both).",
+        help="Trained Answer Agent adapter id, or 'active' for what serves the tenant (its "
+        "own active adapter, else the shipped default) (trained-answer, trained-both).",
     )
     run.add_argument(
         "--manager-adapter",
         default=None,
         metavar="ID",
-        help="Trained Memory Manager adapter id (trained-both).",
+        help="Trained Memory Manager adapter id, or 'active' (trained-both).",
     )
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="Memories retrieved (<=60).")
     run.add_argument(
@@ -203,6 +205,13 @@ def build_targets(
                 model = _need(llm, "rag needs the answer model")
                 vectors = _need(embedder, "rag needs an embedder")
                 targets.append(PlainRagTarget(model, vectors, top_k=top_k))
+            case "add-only":
+                http = _need(client, "add-only needs a client for the service")
+                targets.append(
+                    ServiceTarget(
+                        name, http, manager_adapter=ADD_ONLY, answer_adapter="base", top_k=top_k
+                    )
+                )
             case "base" | "trained-answer" | "trained-both":
                 http = _need(client, f"{name} needs a client for the service")
                 answer = (

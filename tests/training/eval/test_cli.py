@@ -167,7 +167,7 @@ async def test_a_whole_run_in_process(tmp_path: Path) -> None:
         "--conversations",
         "conv-30",
         "--configs",
-        "full-context,rag,base,trained-answer,trained-both",
+        "full-context,rag,add-only,base,trained-answer,trained-both",
         "--answer-adapter",
         "answer-ad",
         "--manager-adapter",
@@ -189,6 +189,7 @@ async def test_a_whole_run_in_process(tmp_path: Path) -> None:
     assert list(summary["configs"]) == [
         "full-context",
         "rag",
+        "add-only",
         "base",
         "trained-answer",
         "trained-both",
@@ -207,17 +208,18 @@ async def test_a_whole_run_in_process(tmp_path: Path) -> None:
     (note,) = summary["configs"]["full-context"]["notes"]
     assert "context truncated to the last" in note
 
-    # base and trained-answer share the base manager's bank: two banks, each one ingestion
-    assert len(service.turns) == 2
+    # base and trained-answer share the base manager's bank: three banks, each one ingestion;
+    # add-only asks no Manager and answers with the base model
+    assert len(service.turns) == 3
     assert all(len(turns) == 369 for turns in service.turns.values())
-    assert service.ingest_adapters == {"base", "manager-ad"}
-    assert [a["answer_adapter"] for a in service.asks] == ["base"] * 3 + ["answer-ad"] * 6
+    assert service.ingest_adapters == {"add-only", "base", "manager-ad"}
+    assert [a["answer_adapter"] for a in service.asks] == ["base"] * 6 + ["answer-ad"] * 6
     assert (out / "results.md").exists() and (out / "chart.png").exists()
 
     # a rerun of the same command asks nothing and ingests nothing
     asks_before = len(service.asks)
     await run_from_args(args, app=service, llm=ScriptedLLM(), embedder=embedder)
-    assert len(service.asks) == asks_before and len(service.turns) == 2
+    assert len(service.asks) == asks_before and len(service.turns) == 3
 
 
 async def test_a_wrong_key_stops_the_run(tmp_path: Path) -> None:
