@@ -1,12 +1,17 @@
 """The memory-behaviour suite: hand-written scenarios (bench/behaviour.json) run through the API
 with the bundled model, one fresh user each, then checked on the live bank and on /ask answers.
 
-Figures: banks right, operations right (UPDATE / DELETE where a scenario expects one), answers
-right, operations by kind, overrides (guard cuts, rejected operations), and how many live
-memories repeat a sentence or name what no turn said. Every bank, answer and override is
-printed so they can be read.
-Targets: >= 80 % of banks and of answers right, no memory with a repeated sentence or an
-invented name or number. Exits 1 when a target fails.
+Each scenario runs twice, with the base agents (``"base"`` adapters) and with the trained ones
+(``"active"``: the adapters shipped in app/adapters/defaults, registered as global defaults;
+an agent with none shipped runs its base model there too).
+
+Figures, per side: banks right, operations right (UPDATE / DELETE where a scenario expects
+one), answers right, operations by kind, overrides (guard cuts, rejected operations), and how
+many live memories repeat a sentence or name what no turn said. Every bank, answer and
+override is printed so they can be read.
+Targets: the trained side gets >= 80 % of banks and of answers right and beats the base side on
+both; no memory on either side repeats a sentence or names what no turn said. Exits 1 when a
+target fails.
 
     python -m bench.behaviour [--only NAME] [--top-k K]
 """
@@ -23,11 +28,12 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from app.adapters.service import install_defaults
 from app.core.config import Settings
 from app.core.db import transaction, upgrade_to_head
 from app.memory.guard import sentences
 from app.memory.schemas import text_key
-from app.models import Episode
+from app.models import Episode, User
 from bench.common import (
     Target,
     bench_api,
@@ -103,8 +109,16 @@ def answer_right(check: dict[str, Any], answer: str) -> bool:
     )
 
 
+# The adapter choice each side sends for every agent.
+SIDES = {"base": "base", "trained": "active"}
+
+
 async def run_scenario(
-    client: httpx.AsyncClient, headers: dict[str, str], scenario: dict[str, Any], top_k: int
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    scenario: dict[str, Any],
+    top_k: int,
+    adapters: str,
 ) -> dict[str, Any]:
     user = f"behaviour-{uuid.uuid4().hex[:8]}"
     ops: Counter[str] = Counter()
@@ -112,6 +126,7 @@ async def run_scenario(
         body = {
             "user_id": user,
             "turns": [{"speaker": scenario["speaker"], "text": text, "occurred_at": at}],
+            "manager_adapter": adapters,
         }
         response = await client.post(
             f"/sessions/{user}/turns?wait=true", json=body, headers=headers
@@ -122,7 +137,12 @@ async def run_scenario(
     bank = [item["text"] for item in page["items"]]
     answers = []
     for check in scenario["questions"]:
-        question = {"user_id": user, "question": check["question"], "top_k": top_k}
+        question = {
+            "user_id": user,
+            "question": check["question"],
+            "top_k": top_k,
+            "answer_adapter": adapters,
+        }
         response = await client.post("/ask", json=question, headers=headers)
         response.raise_for_status()
         answer = response.json()["answer"]
@@ -144,13 +164,18 @@ async def run_scenario(
     }
 
 
-async def overrides(runtime: Any) -> list[dict[str, str]]:
-    """Everything the checks overrode, in the order it happened: the sentences the guard cut
-    from facts and Manager texts, the Manager's rejected operations, overruled NOOPs and
-    DELETEs that would have lost their fact."""
+async def overrides(runtime: Any, users: list[str]) -> list[dict[str, str]]:
+    """Everything the checks overrode for ``users``, in the order it happened: the sentences
+    the guard cut from facts and Manager texts, the Manager's rejected operations, overruled
+    NOOPs and DELETEs that would have lost their fact."""
     async with transaction(runtime.sessions) as db:
         rows = (
-            await db.execute(select(Episode.agent, Episode.parsed).order_by(Episode.created_at))
+            await db.execute(
+                select(Episode.agent, Episode.parsed)
+                .join(User, User.id == Episode.user_id)
+                .where(User.external_id.in_(users))
+                .order_by(Episode.created_at)
+            )
         ).all()
     found = []
     for agent, parsed in rows:
@@ -174,35 +199,13 @@ def report(results: list[dict[str, Any]], cut: list[dict[str, str]]) -> None:
         print(f"   {item['agent']}: {item['text']!r} ({item['reason']})")
 
 
-async def main(args: argparse.Namespace) -> int:
-    scenarios = json.loads(SCENARIOS.read_text())["scenarios"]
-    if args.only:
-        scenarios = [s for s in scenarios if s["name"] == args.only]
-    server, url = embedded_database(Path(args.pgdata), "bench_behaviour")
-    recreate_database(url, "bench_behaviour")
-    upgrade_to_head(url)
-    settings = Settings(database_url=url, data_dir=Path(args.data_dir))
-    runtime, app, headers = await bench_api(settings, max_batch_size=4)
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://bench", timeout=600
-        ) as client:
-            results = []
-            for i, scenario in enumerate(scenarios, 1):
-                print(f"[{i}/{len(scenarios)}] {scenario['name']}", flush=True)
-                results.append(await run_scenario(client, headers, scenario, args.top_k))
-        cut = await overrides(runtime)
-    finally:
-        await runtime.close()
-        server.stop()
-    report(results, cut)
+def figures_of(results: list[dict[str, Any]], cut: list[dict[str, str]]) -> dict[str, Any]:
     answers = [a for r in results for a in r["answers"]]
     expected_ops = [r for r in results if r["ops_right"] is not None]
     ops: Counter[str] = Counter()
     for r in results:
         ops.update(r["ops"])
-    figures = {
+    return {
         "scenarios": len(results),
         "banks_right": sum(not r["bank_problems"] for r in results),
         "ops_right": sum(bool(r["ops_right"]) for r in expected_ops),
@@ -213,22 +216,88 @@ async def main(args: argparse.Namespace) -> int:
         "overrides": len(cut),
         "memories_repeating_a_sentence": sum(len(r["repeated_sentence"]) for r in results),
         "memories_with_invented_words": sum(len(r["invented"]) for r in results),
-        "top_k": args.top_k,
     }
-    print(
-        f"\nbanks right {figures['banks_right']}/{len(results)}, "
-        f"ops right {figures['ops_right']}/{len(expected_ops)}, "
-        f"answers right {figures['answers_right']}/{len(answers)}, ops by kind {dict(ops)}"
-    )
+
+
+def share(figures: dict[str, Any], key: str, total: str) -> float:
+    return float(figures[key]) / max(int(figures[total]), 1)
+
+
+async def main(args: argparse.Namespace) -> int:
+    scenarios = json.loads(SCENARIOS.read_text())["scenarios"]
+    if args.only:
+        scenarios = [s for s in scenarios if s["name"] == args.only]
+    server, url = embedded_database(Path(args.pgdata), "bench_behaviour")
+    recreate_database(url, "bench_behaviour")
+    upgrade_to_head(url)
+    settings = Settings(database_url=url, data_dir=Path(args.data_dir))
+    runtime, app, headers = await bench_api(settings, max_batch_size=4)
+    sides: dict[str, dict[str, Any]] = {}
+    try:
+        async with transaction(runtime.sessions) as db:
+            shipped = [a.name for a in await install_defaults(db, settings)]
+        print("trained side: shipped adapters", shipped or "none", flush=True)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bench", timeout=600
+        ) as client:
+            for side, adapters in SIDES.items():
+                results = []
+                for i, scenario in enumerate(scenarios, 1):
+                    print(f"[{side} {i}/{len(scenarios)}] {scenario['name']}", flush=True)
+                    results.append(
+                        await run_scenario(client, headers, scenario, args.top_k, adapters)
+                    )
+                cut = await overrides(runtime, [r["user"] for r in results])
+                sides[side] = {"results": results, "overrides": cut}
+    finally:
+        await runtime.close()
+        server.stop()
+    for side, run in sides.items():
+        print(f"\n==== {side} agents")
+        report(run["results"], run["overrides"])
+        run["figures"] = figures_of(run["results"], run["overrides"])
+    print()
+    for side, run in sides.items():
+        f = run["figures"]
+        print(
+            f"{side:>8}: banks right {f['banks_right']}/{f['scenarios']}, "
+            f"ops right {f['ops_right']}/{f['ops_expected']}, "
+            f"answers right {f['answers_right']}/{f['answers']}, ops by kind {f['operations']}"
+        )
+    base, trained = sides["base"]["figures"], sides["trained"]["figures"]
+    garbage = {
+        key: sum(run["figures"][key] for run in sides.values())
+        for key in ("memories_repeating_a_sentence", "memories_with_invented_words")
+    }
     targets = [
-        Target("banks right", figures["banks_right"] / max(len(results), 1), 0.8, "", True),
-        Target("answers right", figures["answers_right"] / max(len(answers), 1), 0.8, "", True),
-        Target("memories repeating a sentence", figures["memories_repeating_a_sentence"], 0, ""),
-        Target("memories naming what no turn said", figures["memories_with_invented_words"], 0, ""),
+        Target("trained: banks right", share(trained, "banks_right", "scenarios"), 0.8, "", True),
+        Target("trained: answers right", share(trained, "answers_right", "answers"), 0.8, "", True),
+        Target(
+            "trained - base: banks right",
+            share(trained, "banks_right", "scenarios") - share(base, "banks_right", "scenarios"),
+            1e-9,
+            "",
+            True,
+        ),
+        Target(
+            "trained - base: answers right",
+            share(trained, "answers_right", "answers") - share(base, "answers_right", "answers"),
+            1e-9,
+            "",
+            True,
+        ),
+        Target("memories repeating a sentence", garbage["memories_repeating_a_sentence"], 0, ""),
+        Target("memories naming what no turn said", garbage["memories_with_invented_words"], 0, ""),
     ]
     print_targets(targets)
-    figures["targets"] = [t.as_dict() for t in targets]
-    print("written", write_json("behaviour", {**figures, "results": results, "overrides": cut}))
+    payload = {
+        "top_k": args.top_k,
+        "shipped_adapters": shipped,
+        "sides": sides,
+        "targets": [t.as_dict() for t in targets],
+    }
+    print("written", write_json("behaviour", payload))
     return 0 if all(t.passed for t in targets) else 1
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.config import get_settings
-from app.core.errors import BadUpstreamResponse
+from app.core.errors import UnusableOutput
 from app.episodes.views import fact_from_json
 from app.llm.bundled import serving_dir
 from app.llm.inprocess import InProcessBackend
@@ -150,7 +150,7 @@ async def _answer_row(
             temperature=0.0,
             max_tokens=ANSWER_MAX_TOKENS,
         )
-    except BadUpstreamResponse:
+    except UnusableOutput:
         return None, {}
     _, answer, _ = parse_answer(completion.parsed, [])
     return answer, {}
@@ -170,7 +170,7 @@ async def _manager_row(
             max_tokens=MANAGER_MAX_TOKENS,
         )
         parsed = completion.parsed
-    except BadUpstreamResponse:
+    except UnusableOutput:
         parsed = None
     ops = ["INVALID"]
     if malformed_reason(parsed) is None:

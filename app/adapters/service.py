@@ -15,7 +15,7 @@ from app.adapters import repository
 from app.adapters.schemas import AdapterRead
 from app.core.config import Settings
 from app.core.db import transaction
-from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.errors import Conflict, NotFound, Unprocessable, Upstream
 from app.core.runtime import Runtime
 from app.core.schemas import ADD_ONLY
 from app.llm.backend import validate_adapter_dir
@@ -83,6 +83,10 @@ async def reconcile(runtime: Runtime) -> list[str]:
     for adapter in active:
         try:
             loaded.append(await ensure_loaded(runtime, adapter))
+        except Upstream as exc:
+            # The model server is not up yet (vLLM loading its weights): each request for
+            # the agent loads the adapter, and answers 503 until the server is reachable.
+            log.warning("active adapter %s not loaded yet: %s", adapter.name, exc.detail)
         except Exception as exc:
             runtime.unloadable_adapters.add(adapter.id)
             log.error(

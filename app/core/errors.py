@@ -63,8 +63,17 @@ class Upstream(AppError):
 
 
 class BadUpstreamResponse(AppError):
+    """The model server refused the request or answered with something unusable."""
+
     status_code = 502
     error = "bad_upstream_response"
+
+
+class UnusableOutput(BadUpstreamResponse):
+    """The request was served, but the model's reply cannot be used (cut off by max_tokens
+    inside its JSON, or not JSON at all). The agents record it as a bad output; any other
+    BadUpstreamResponse is a fault of the request or the server and is never taken for an
+    empty reply."""
 
 
 def _body(error: str, detail: object) -> dict[str, object]:

@@ -38,8 +38,9 @@ class LLMBackend(Protocol):
     ) -> Completion:
         """Chat completion. With ``json_schema`` the output is constrained to it and parsed.
 
-        Raises ``app.core.errors.Upstream`` when the model cannot be reached or times out and
-        ``app.core.errors.BadUpstreamResponse`` when it answers with something unusable."""
+        Raises ``app.core.errors.Upstream`` when the model cannot be reached or times out,
+        ``app.core.errors.UnusableOutput`` when the reply cannot be used and
+        ``app.core.errors.BadUpstreamResponse`` when the server refuses the request."""
         ...
 
     async def load_adapter(self, name: str, path: str) -> None:

@@ -20,7 +20,7 @@ by token with an xgrammar matcher per sequence (the grammar GRPO samples under),
 completion always parses. As with any batched engine (vLLM included), a reply can differ in the
 last bits of its logits with what else is decoded alongside it or cached beside it, which may
 flip a near tie between two tokens. The one way to get unparseable output is running out of
-``max_tokens`` inside the JSON; that raises ``BadUpstreamResponse`` naming the limit rather than
+``max_tokens`` inside the JSON; that raises ``UnusableOutput`` naming the limit rather than
 returning a truncated document (bound the schema's strings and arrays to make it unreachable).
 """
 
@@ -45,7 +45,7 @@ import xgrammar as xgr
 from llama_cpp import _internals
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
-from app.core.errors import BadUpstreamResponse, Unprocessable, Upstream
+from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, Upstream
 from app.llm.backend import Completion, validate_adapter_dir
 from app.llm.gguf_lora import ensure_gguf_lora
 from app.llm.grammar import JsonGrammar
@@ -544,7 +544,7 @@ class InProcessBackend:
         parsed = None
         if job.matcher is not None:
             if not finished:
-                raise BadUpstreamResponse(
+                raise UnusableOutput(
                     f"the model used all max_tokens={job.max_tokens} before finishing the JSON "
                     "output; raise max_tokens or bound the schema (maxLength, maxItems)"
                 )

@@ -10,7 +10,10 @@ LoRA adapters are served by name: a request for an adapter sends the adapter nam
 ``model``. Loading and unloading use vLLM's runtime endpoints (``/v1/load_lora_adapter``,
 ``/v1/unload_lora_adapter``; the server needs ``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). The adapter path is sent as is, so it must name the
-same directory on this host (where it is validated) and on the model server.
+same directory on this host (where it is validated) and on the model server. What the server
+has loaded is a cache: a restarted vLLM has forgotten every runtime-loaded adapter and answers
+404 for it, so a request for an adapter this backend loaded is answered 404 only after the
+adapter was loaded again and the request retried once.
 """
 
 import asyncio
@@ -24,7 +27,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from app.core.errors import BadUpstreamResponse, Upstream
+from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.llm.backend import Completion, validate_adapter_dir
 
 # Overload, rate limiting and server errors are worth another try; other 4xx will fail the
@@ -35,6 +38,12 @@ _LOAD_HINT = (
     "; the path must exist on the model server, which needs --enable-lora and "
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
 )
+
+
+class _Refused(BadUpstreamResponse):
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class _Message(BaseModel):
@@ -98,6 +107,7 @@ class OpenAICompatBackend:
             transport=transport,
         )
         self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._adapter_paths: dict[str, str] = {}  # what this backend loaded, to load again
 
     async def complete(
         self,
@@ -117,7 +127,16 @@ class OpenAICompatBackend:
         if json_schema is not None:
             body["response_format"] = _response_format(json_schema)
         started = time.perf_counter()
-        response = await self._request("POST", f"{self._base_url}/chat/completions", body)
+        url = f"{self._base_url}/chat/completions"
+        try:
+            response = await self._request("POST", url, body)
+        except _Refused as exc:
+            path = self._adapter_paths.get(adapter or "")
+            if exc.status != 404 or adapter is None or path is None:
+                raise
+            # The server forgot the adapter (a restart): load it again, then retry once.
+            await self._load(adapter, path)
+            response = await self._request("POST", url, body)
         try:
             payload = _ChatCompletion.model_validate_json(response.content)
         except ValidationError as exc:
@@ -141,6 +160,10 @@ class OpenAICompatBackend:
         validate_adapter_dir(
             Path(path), base_model=self.base_model, max_lora_rank=self._max_lora_rank
         )
+        await self._load(name, path)
+        self._adapter_paths[name] = path
+
+    async def _load(self, name: str, path: str) -> None:
         async with self._adapter_lock(name):
             served = await self._served_paths()
             if name in served:
@@ -149,11 +172,14 @@ class OpenAICompatBackend:
                 # Older vLLM cannot reload a name in place: drop it, then load the new weights.
                 await self._post_unload(name)
             try:
+                # A load the server fails (500: unreadable weights, a rank above its
+                # --max-lora-rank) fails the same way again: not retried.
                 await self._request(
                     "POST",
                     f"{self._server_root}/v1/load_lora_adapter",
                     {"lora_name": name, "lora_path": path},
                     hint=_LOAD_HINT,
+                    retry_server_errors=False,
                 )
             except BadUpstreamResponse:
                 # A load retried after a timeout is refused as "already loaded" when the first
@@ -162,6 +188,7 @@ class OpenAICompatBackend:
                     raise
 
     async def unload_adapter(self, name: str) -> None:
+        self._adapter_paths.pop(name, None)
         async with self._adapter_lock(name):
             # vLLM answers 404 both for an unknown adapter and for a server without runtime
             # LoRA updating; asking first keeps the no-op case from hiding the second.
@@ -194,7 +221,13 @@ class OpenAICompatBackend:
         )
 
     async def _request(
-        self, method: str, url: str, body: dict[str, Any] | None = None, *, hint: str = ""
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        hint: str = "",
+        retry_server_errors: bool = True,
     ) -> httpx.Response:
         return await request_with_retries(
             self._client,
@@ -204,6 +237,7 @@ class OpenAICompatBackend:
             max_retries=self._max_retries,
             backoff_s=self._backoff_s,
             hint=hint,
+            retry_server_errors=retry_server_errors,
         )
 
 
@@ -216,10 +250,11 @@ async def request_with_retries(
     max_retries: int,
     backoff_s: float,
     hint: str = "",
+    retry_server_errors: bool = True,
 ) -> httpx.Response:
-    """One request to an OpenAI-compatible server: transport errors, 408, 429 and 5xx are
-    retried with exponential backoff, then Upstream (503); other errors are
-    BadUpstreamResponse (502) with the server's own message."""
+    """One request to an OpenAI-compatible server: transport errors, 408, 429 and 5xx (unless
+    ``retry_server_errors`` is off) are retried with exponential backoff, then Upstream
+    (503); other errors are BadUpstreamResponse (502) with the server's own message."""
     attempts = max_retries + 1
     failure = ""
     for attempt in range(attempts):
@@ -230,13 +265,14 @@ async def request_with_retries(
         except httpx.TransportError as exc:  # refused, reset, DNS, connect/read timeouts
             failure = f"{type(exc).__name__} {exc}".strip()
             continue
-        if response.status_code in _RETRYABLE_STATUS or response.status_code >= 500:
-            failure = f"HTTP {response.status_code}: {_error_message(response)}"
+        status = response.status_code
+        if status in _RETRYABLE_STATUS or (status >= 500 and retry_server_errors):
+            failure = f"HTTP {status}: {_error_message(response)}"
             continue
         if response.is_error:
-            raise BadUpstreamResponse(
-                f"{method} {url} was refused with HTTP {response.status_code}: "
-                f"{_error_message(response)}{hint}"
+            raise _Refused(
+                f"{method} {url} was refused with HTTP {status}: {_error_message(response)}{hint}",
+                status,
             )
         return response
     raise Upstream(f"{method} {url} failed after {attempts} attempt(s); last error: {failure}")
@@ -256,14 +292,14 @@ def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _parse_json(text: str, choice: _Choice, max_tokens: int) -> Any:
     if choice.finish_reason == "length":
-        raise BadUpstreamResponse(
+        raise UnusableOutput(
             f"the model used all max_tokens={max_tokens} before finishing the JSON output; "
             "raise max_tokens or bound the schema (maxLength, maxItems)"
         )
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadUpstreamResponse(
+        raise UnusableOutput(
             f"the LLM endpoint ignored the JSON schema; output is not JSON ({exc}): {text[:200]!r}"
         ) from exc
 

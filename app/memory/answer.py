@@ -8,7 +8,7 @@ against short gold answers.
 from collections import Counter
 from dataclasses import dataclass
 
-from app.core.errors import BadUpstreamResponse
+from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import drop_repeats
 from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages
@@ -63,7 +63,7 @@ async def answer_question(
             temperature=0.0,
             max_tokens=ANSWER_MAX_TOKENS,
         )
-    except BadUpstreamResponse as exc:
+    except UnusableOutput as exc:
         return AnswerResult(None, [], completion=None, error=f"unusable model output: {exc.detail}")
     selected, answer, error = parse_answer(completion.parsed, memories)
     return AnswerResult(answer, selected, completion=completion, error=error)

@@ -10,7 +10,7 @@ support and resolves relative dates against the turn's date.
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from app.core.errors import BadUpstreamResponse
+from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import (
     check,
@@ -86,7 +86,7 @@ async def extract_facts(
             temperature=0.0,
             max_tokens=extract_max_tokens(max_facts),
         )
-    except BadUpstreamResponse as exc:
+    except UnusableOutput as exc:
         return Extraction(facts=[], completion=None, error=f"unusable model output: {exc.detail}")
     texts, error = parse_facts(completion.parsed, max_facts)
     if error is not None:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from app.core.errors import BadUpstreamResponse
+from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import check
 from app.memory.prompts import MANAGER_MAX_TOKENS, MANAGER_SCHEMA, manager_messages
@@ -198,7 +198,7 @@ async def decide(
             temperature=0.0,
             max_tokens=MANAGER_MAX_TOKENS,
         )
-    except BadUpstreamResponse as exc:
+    except UnusableOutput as exc:
         return Decision([], [], completion=None, error=f"unusable model output: {exc.detail}")
     problem = malformed_reason(completion.parsed)
     if problem is not None:

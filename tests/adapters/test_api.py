@@ -10,7 +10,7 @@ from app import cli
 from app.adapters import repository
 from app.adapters import service as adapters
 from app.core.config import get_settings
-from app.core.errors import AppError, NotFound, Unprocessable
+from app.core.errors import AppError, NotFound, Unprocessable, Upstream
 from tests.conftest import make_tenant
 
 
@@ -181,6 +181,29 @@ class TestActivate:
         )
         with pytest.raises(Unprocessable):  # asked for by id, it still says why it cannot serve
             await adapters.resolve(runtime, tenant_a.tenant_id, "answer", str(first.id))
+
+    async def test_an_active_adapter_is_loaded_once_the_model_server_is_up(
+        self, runtime, fake_llm, tenant_a, two_adapters, monkeypatch
+    ):
+        first, _ = two_adapters
+        async with runtime.sessions() as db:
+            await adapters.set_active(db, await repository.get(db, tenant_a.tenant_id, first.id))
+            await db.commit()
+        loads = fake_llm.load_adapter
+        server_up = False
+
+        async def starting(name, path):
+            if not server_up:
+                raise Upstream("connection refused")
+            await loads(name, path)
+
+        monkeypatch.setattr(fake_llm, "load_adapter", starting)
+        runtime.loaded_adapters.clear()
+        assert await adapters.reconcile(runtime) == []  # vLLM still loading: not marked bad
+        with pytest.raises(Upstream):  # a request meanwhile is a retryable 503, not the base
+            await adapters.resolve(runtime, tenant_a.tenant_id, "answer", "active")
+        server_up = True
+        assert await adapters.resolve(runtime, tenant_a.tenant_id, "answer", "active") == first.name
 
 
 async def test_make_tenant_helper_gives_distinct_tenants(runtime):

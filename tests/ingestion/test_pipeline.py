@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.core.db import transaction
-from app.core.errors import Upstream
+from app.core.errors import BadUpstreamResponse, Upstream
 from app.ingestion import repository
 from app.ingestion import service as ingestion
 from app.memories import service as memories_service
@@ -75,6 +75,29 @@ async def test_add_only_stores_every_fact_without_asking_a_manager(client, fake_
         )
     ).all()
     assert [(e.model, e.prompt_version) for e in decisions] == [("add-only", "add-only")] * 2
+
+
+@pytest.mark.parametrize("agent", ["extractor", "manager"])
+async def test_a_refused_model_request_fails_the_job_and_keeps_the_turn(
+    client, fake_llm, tenant_a, agent
+):
+    refused = BadUpstreamResponse("POST /v1/chat/completions was refused with HTTP 404")
+    if agent == "manager":
+        fake_llm.push({"facts": ["On 8 May 2023, Andrew adopted a dog named Buddy."]})
+    fake_llm.push(refused)
+    response = await client.post(
+        "/sessions/s1/turns?wait=true",
+        json={"user_id": "andrew", "turns": [BUDDY]},
+        headers=tenant_a.memory,
+    )
+    assert response.status_code == 502, response.text
+    assert "HTTP 404" in response.json()["detail"]
+    jobs = await client.get("/users/andrew/ingestions", headers=tenant_a.memory)
+    [job] = jobs.json()["items"]
+    assert job["status"] == "failed" and "HTTP 404" in job["error"]
+    turns = await client.get(f"/ingestions/{job['id']}/turns", headers=tenant_a.memory)
+    assert [t["text"] for t in turns.json()] == [BUDDY["text"]]
+    assert await memories(client, tenant_a.memory) == []
 
 
 async def test_buddy_then_scout_is_one_update_keeping_both_dogs(client, fake_llm, tenant_a):

@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 
 import app.llm.bundled as bundled
 from app.core.config import LLMSettings, Settings, Weights
-from app.core.errors import BadUpstreamResponse, Unprocessable
+from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf, ensure_bundled_model
 from app.llm.factory import build_backend
 from app.llm.gguf_lora import GGUF_NAME
@@ -166,7 +166,7 @@ class TestComplete:
     async def test_running_out_of_tokens_inside_the_json_is_reported(
         self, backend: InProcessBackend
     ) -> None:
-        with pytest.raises(BadUpstreamResponse, match="max_tokens=3 before finishing the JSON"):
+        with pytest.raises(UnusableOutput, match="max_tokens=3 before finishing the JSON"):
             await backend.complete(FACT, json_schema=OPS_SCHEMA, max_tokens=3)
 
     async def test_a_prompt_beyond_the_context_is_refused(self, backend: InProcessBackend) -> None:

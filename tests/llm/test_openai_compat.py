@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.core.config import LLMBackendKind, LLMSettings, Settings
-from app.core.errors import BadUpstreamResponse, Unprocessable, Upstream
+from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, Upstream
 from app.llm.factory import build_backend
 from app.llm.openai_compat import OpenAICompatBackend
 from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_on_localhost
@@ -84,7 +84,7 @@ class TestComplete:
     ) -> None:
         contract_server.reply("Sure! Here is the JSON you asked for")
 
-        with pytest.raises(BadUpstreamResponse, match="not JSON"):
+        with pytest.raises(UnusableOutput, match="not JSON"):
             await make_backend().complete(MESSAGES, json_schema=SCHEMA)
 
     async def test_json_cut_at_max_tokens_names_the_limit(
@@ -92,7 +92,7 @@ class TestComplete:
     ) -> None:
         contract_server.reply(Reply('{"op": "ADD", "te', finish_reason="length"))
 
-        with pytest.raises(BadUpstreamResponse, match="max_tokens=16"):
+        with pytest.raises(UnusableOutput, match="max_tokens=16"):
             await make_backend().complete(MESSAGES, json_schema=SCHEMA, max_tokens=16)
 
     async def test_reply_without_choices_is_bad_upstream_response(
@@ -271,6 +271,51 @@ class TestLoadAdapter:
 
         with pytest.raises(BadUpstreamResponse, match="HTTP 400.*VLLM_ALLOW_RUNTIME_LORA"):
             await make_backend().load_adapter("manager", str(path))
+
+    async def test_an_adapter_lost_in_a_server_restart_is_loaded_again(
+        self,
+        contract_server: VLLMContractServer,
+        make_backend: BackendFactory,
+        make_adapter_dir: AdapterDirFactory,
+    ) -> None:
+        path = str(make_adapter_dir())
+        backend = make_backend()
+        await backend.load_adapter("manager", path)
+        contract_server.restart()
+
+        completion = await backend.complete(MESSAGES, adapter="manager")
+
+        assert completion.adapter == "manager"
+        assert contract_server.loras == {"manager": path}
+        chats = contract_server.requests_to(CHAT)
+        assert [r.body["model"] for r in chats] == ["manager", "manager"]  # 404, then served
+        assert len(contract_server.requests_to("/v1/load_lora_adapter")) == 2
+
+    async def test_an_unloaded_adapter_is_not_loaded_again(
+        self,
+        contract_server: VLLMContractServer,
+        make_backend: BackendFactory,
+        make_adapter_dir: AdapterDirFactory,
+    ) -> None:
+        backend = make_backend()
+        await backend.load_adapter("manager", str(make_adapter_dir()))
+        await backend.unload_adapter("manager")
+
+        with pytest.raises(BadUpstreamResponse, match="HTTP 404"):
+            await backend.complete(MESSAGES, adapter="manager")
+        assert len(contract_server.requests_to("/v1/load_lora_adapter")) == 1
+
+    async def test_a_load_the_server_fails_is_not_retried(
+        self,
+        contract_server: VLLMContractServer,
+        make_backend: BackendFactory,
+        make_adapter_dir: AdapterDirFactory,
+    ) -> None:
+        contract_server.fail_next(0.0, 500)  # the model list passes, the load fails
+
+        with pytest.raises(BadUpstreamResponse, match="HTTP 500"):
+            await make_backend(max_retries=3).load_adapter("manager", str(make_adapter_dir()))
+        assert len(contract_server.requests_to("/v1/load_lora_adapter")) == 1
 
     async def test_load_whose_reply_was_lost_is_not_reported_as_failed(
         self,

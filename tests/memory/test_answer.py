@@ -3,7 +3,7 @@ from datetime import datetime
 
 import pytest
 
-from app.core.errors import BadUpstreamResponse, Upstream
+from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.memory.answer import answer_question, parse_answer, split_per_speaker
 from app.memory.prompts import ANSWER_SCHEMA
 from app.memory.schemas import MemoryView, as_views
@@ -82,12 +82,13 @@ class TestAnswerQuestion:
         assert result.error and result.answer is None and result.selected == []
 
     async def test_unusable_upstream_answer_is_an_error(self) -> None:
-        result = await answer_question(FakeLLM([BadUpstreamResponse("bad")]), "Q?", memories(2))
+        result = await answer_question(FakeLLM([UnusableOutput("bad")]), "Q?", memories(2))
         assert result.answer is None and result.completion is None and result.error
 
-    async def test_upstream_outage_propagates(self) -> None:
-        with pytest.raises(Upstream):
-            await answer_question(FakeLLM([Upstream("down")]), "Q?", memories(2))
+    @pytest.mark.parametrize("error", [Upstream("down"), BadUpstreamResponse("HTTP 404")])
+    async def test_an_outage_or_a_refused_request_propagates(self, error: Exception) -> None:
+        with pytest.raises(type(error)):
+            await answer_question(FakeLLM([error]), "Q?", memories(2))
 
 
 class TestSplitPerSpeaker:

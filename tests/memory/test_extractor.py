@@ -2,7 +2,7 @@ from datetime import datetime
 
 import pytest
 
-from app.core.errors import BadUpstreamResponse, Upstream
+from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.llm.backend import LLMBackend
 from app.memory.extractor import Extraction, anchor_fact, extract_facts
 from app.memory.prompts import extract_schema
@@ -142,11 +142,14 @@ class TestExtractFacts:
         assert extraction.completion is not None  # kept for the episode log
 
     async def test_unusable_upstream_answer_is_an_error(self) -> None:
-        extraction, _ = await extract(BadUpstreamResponse("no JSON in output"))
+        extraction, _ = await extract(UnusableOutput("no JSON in output"))
 
         assert extraction.facts == [] and extraction.completion is None
         assert extraction.error is not None and "no JSON in output" in extraction.error
 
-    async def test_upstream_outage_propagates(self) -> None:
-        with pytest.raises(Upstream):
-            await extract(Upstream("model server unreachable"))
+    @pytest.mark.parametrize(
+        "error", [Upstream("model server unreachable"), BadUpstreamResponse("HTTP 404")]
+    )
+    async def test_an_outage_or_a_refused_request_propagates(self, error: Exception) -> None:
+        with pytest.raises(type(error)):
+            await extract(error)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.core.errors import BadUpstreamResponse, Upstream
+from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.memory.manager import (
     Decision,
     apply_to_bank,
@@ -213,15 +213,16 @@ class TestDecide:
         assert decision.completion is not None
 
     async def test_unusable_upstream_answer_is_an_error(self) -> None:
-        llm = FakeLLM([BadUpstreamResponse("invalid JSON")])
+        llm = FakeLLM([UnusableOutput("invalid JSON")])
         decision = await decide(llm, self.fact, self.candidates)
 
         assert decision.operations == [] and decision.completion is None
         assert decision.error is not None and "invalid JSON" in decision.error
 
-    async def test_upstream_outage_propagates(self) -> None:
-        with pytest.raises(Upstream):
-            await decide(FakeLLM([Upstream("down")]), self.fact, self.candidates)
+    @pytest.mark.parametrize("error", [Upstream("down"), BadUpstreamResponse("HTTP 404")])
+    async def test_an_outage_or_a_refused_request_propagates(self, error: Exception) -> None:
+        with pytest.raises(type(error)):
+            await decide(FakeLLM([error]), self.fact, self.candidates)
 
     async def test_rejections_are_reported_alongside_accepted_operations(self) -> None:
         llm = FakeLLM(
