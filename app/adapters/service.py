@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import repository
 from app.adapters.schemas import AdapterRead
-from app.core.config import Settings
+from app.core.config import LLMBackendKind, Settings
 from app.core.db import transaction
 from app.core.errors import Conflict, NotFound, Unprocessable, Upstream
 from app.core.runtime import Runtime
@@ -234,9 +234,13 @@ async def install_defaults(
     defaults of their agents: copied under the adapters directory, made the active global
     adapter, serving every tenant that has no active adapter of its own. A shipped version
     already registered is left as it is, so this runs on every start; one trained on another
-    base model than the served one is skipped (logged)."""
+    base model than the served one is skipped (logged), and so are all of them on a model
+    server (an OpenAI-compatible one may not load adapters at all: import them there)."""
     source = source or DEFAULTS_DIR
-    installed = []
+    installed: list[Adapter] = []
+    if settings.llm.backend != LLMBackendKind.inprocess:
+        log.info("shipped adapters are installed for the in-process backend only")
+        return installed
     folders = sorted(source.glob("*/adapter_config.json")) if source.is_dir() else []
     for folder in (config.parent for config in folders):
         agent = folder.name

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,22 @@ class Weights(StrEnum):
     f32 = "f32"
     q8_0 = "q8_0"
     q4_1 = "q4_1"
+
+
+class StructuredOutput(StrEnum):
+    """How a request asks an OpenAI-compatible server for JSON under a schema."""
+
+    # "response_format": {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}:
+    # OpenAI's form; vLLM, SGLang, llama.cpp's llama-server, Ollama.
+    json_schema = "json_schema"
+    # "response_format": {"type": "json_object", "schema": {...}}: llama-cpp-python's server.
+    json_object = "json_object"
+    # "structured_outputs": {"json": {...}}: vLLM's own parameter (0.12 and later).
+    structured_outputs = "structured_outputs"
+
+
+# The LoRA ranks vLLM's --max-lora-rank accepts.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class EmbeddingBackendKind(StrEnum):
@@ -74,7 +90,18 @@ class LLMSettings(BaseModel):
     answer_model: str | None = Field(None, description="Model/adapter for the Answer Agent.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout to the LLM endpoint.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx.")
-    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the server accepts.")
+    max_lora_rank: int = Field(
+        64,
+        ge=1,
+        description="Largest LoRA rank the server accepts (openai backend: one of vLLM's "
+        f"--max-lora-rank values, {', '.join(map(str, VLLM_LORA_RANKS))}).",
+    )
+    structured_output: StructuredOutput = Field(
+        StructuredOutput.json_schema,
+        description="openai backend: how requests ask for JSON under a schema. json_schema "
+        "(vLLM, SGLang, llama.cpp's llama-server, Ollama), json_object (llama-cpp-python's "
+        "server), structured_outputs (vLLM's own parameter).",
+    )
     max_batch_size: int = Field(
         8, ge=1, le=64, description="inprocess: requests decoded together (llama.cpp sequences)."
     )
@@ -84,6 +111,15 @@ class LLMSettings(BaseModel):
         description="inprocess: free a LoRA adapter's weights after this many seconds unused; "
         "its next request loads them again from the converted file. Unset: never.",
     )
+
+    @model_validator(mode="after")
+    def _rank_vllm_accepts(self) -> "LLMSettings":
+        if self.backend == LLMBackendKind.openai and self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank {self.max_lora_rank} is not a rank vLLM starts with; use one of "
+                f"{', '.join(map(str, VLLM_LORA_RANKS))} (and the same --max-lora-rank for vLLM)"
+            )
+        return self
 
 
 class EmbeddingSettings(BaseModel):

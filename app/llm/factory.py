@@ -41,6 +41,7 @@ def build_backend(settings: Settings) -> LLMBackend:
                 timeout_s=llm.timeout_s,
                 max_retries=llm.max_retries,
                 max_lora_rank=llm.max_lora_rank,
+                structured_output=llm.structured_output,
             )
         case _:
             assert_never(llm.backend)

@@ -1,10 +1,11 @@
 """The LLM backend for an OpenAI-compatible server (vLLM in production; SGLang, llama.cpp and
 Ollama speak the same chat API).
 
-Structured output uses the OpenAI-standard ``response_format: {"type": "json_schema", ...}``.
-vLLM documents it for its OpenAI server alongside its own extra parameters, and it is the only
-form every compatible server accepts; vLLM's ``guided_json`` was removed in v0.12 and its
-replacement ``structured_outputs`` exists only in newer vLLM.
+Structured output is asked for in the form the server understands (``structured_output``):
+OpenAI's ``response_format: {"type": "json_schema", ...}`` by default (vLLM, SGLang,
+llama.cpp's llama-server, Ollama); ``{"type": "json_object", "schema": ...}`` for
+llama-cpp-python's server, which refuses the first; or vLLM's own ``structured_outputs``
+parameter (0.12 and later; its ``guided_json`` was removed then).
 
 LoRA adapters are served by name: a request for an adapter sends the adapter name as
 ``model``. Loading and unloading use vLLM's runtime endpoints (``/v1/load_lora_adapter``,
@@ -22,11 +23,12 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
+from app.core.config import StructuredOutput
 from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.llm.backend import Completion, validate_adapter_dir
 
@@ -93,8 +95,10 @@ class OpenAICompatBackend:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         backoff_s: float = 0.5,
+        structured_output: StructuredOutput = StructuredOutput.json_schema,
     ) -> None:
         self.base_model = base_model
+        self._structured_output = structured_output
         self._base_url = base_url.rstrip("/")
         # vLLM mounts the LoRA endpoints at the server root, next to /v1.
         self._server_root = self._base_url.removesuffix("/v1")
@@ -125,7 +129,7 @@ class OpenAICompatBackend:
             "max_tokens": max_tokens,
         }
         if json_schema is not None:
-            body["response_format"] = _response_format(json_schema)
+            body |= structured_output_fields(json_schema, self._structured_output)
         started = time.perf_counter()
         url = f"{self._base_url}/chat/completions"
         try:
@@ -284,10 +288,20 @@ def _backoff(backoff_s: float, attempt: int) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
-    # OpenAI requires a name matching ^[a-zA-Z0-9_-]{1,64}$; servers only use it as a label.
-    name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "")))[:64] or "output"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+def structured_output_fields(schema: dict[str, Any], form: StructuredOutput) -> dict[str, Any]:
+    """The request fields that ask for JSON under ``schema`` in ``form``."""
+    match form:
+        case StructuredOutput.json_schema:
+            # OpenAI requires a name matching ^[a-zA-Z0-9_-]{1,64}$; servers use it as a label.
+            name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "")))[:64] or "output"
+            json_schema = {"name": name, "schema": schema, "strict": True}
+            return {"response_format": {"type": "json_schema", "json_schema": json_schema}}
+        case StructuredOutput.json_object:
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        case StructuredOutput.structured_outputs:
+            return {"structured_outputs": {"json": schema}}
+        case _:
+            assert_never(form)
 
 
 def _parse_json(text: str, choice: _Choice, max_tokens: int) -> Any:

@@ -115,6 +115,12 @@ async def test_an_adapter_for_another_base_model_is_not_installed(
 global_ = Adapter.tenant_id.is_(None)
 
 
+async def test_nothing_is_installed_for_a_model_server(client, runtime, local, tenant_a, tmp_path):
+    openai = local.model_copy(update={"llm": local.llm.model_copy(update={"backend": "openai"})})
+    assert await install(runtime, openai, shipped(tmp_path / "shipped")) == []
+    assert await listed(client, tenant_a) == {}
+
+
 def test_serve_installs_the_shipped_defaults(database_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEMR1_DATABASE_URL", database_url)
     monkeypatch.setenv("MEMR1_DATA_DIR", str(tmp_path / "data"))

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from app.core.config import LLMBackendKind, LLMSettings, Settings
+from app.core.config import LLMBackendKind, LLMSettings, Settings, StructuredOutput
 from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, Upstream
 from app.llm.factory import build_backend
 from app.llm.openai_compat import OpenAICompatBackend
@@ -45,6 +45,35 @@ class TestComplete:
                 "type": "json_schema",
                 "json_schema": {"name": "Manager_ops", "schema": SCHEMA, "strict": True},
             },
+        }
+
+    @pytest.mark.parametrize(
+        ("form", "fields"),
+        [
+            ("json_object", {"response_format": {"type": "json_object", "schema": SCHEMA}}),
+            ("structured_outputs", {"structured_outputs": {"json": SCHEMA}}),
+        ],
+    )
+    async def test_the_schema_goes_in_the_form_the_server_takes(
+        self,
+        form: str,
+        fields: dict[str, object],
+        contract_server: VLLMContractServer,
+        make_backend: BackendFactory,
+    ) -> None:
+        contract_server.reply('{"op": "ADD", "text": "Alice lives in Paris"}')
+        backend = make_backend(structured_output=StructuredOutput(form))
+
+        completion = await backend.complete(MESSAGES, json_schema=SCHEMA, max_tokens=64)
+
+        assert completion.parsed == {"op": "ADD", "text": "Alice lives in Paris"}
+        [sent] = contract_server.requests_to(CHAT)
+        assert sent.body == {
+            "model": "test-base-model",
+            "messages": MESSAGES,
+            "temperature": 0.0,
+            "max_tokens": 64,
+            **fields,
         }
 
     async def test_without_schema_sends_no_response_format_and_parses_nothing(
@@ -396,3 +425,9 @@ class TestBuildBackend:
             assert backend.base_model == "Qwen/Qwen2.5-7B-Instruct"
         finally:
             await backend.close()
+
+    def test_a_lora_rank_vllm_refuses_is_refused_in_the_settings(self) -> None:
+        with pytest.raises(ValidationError, match="max_lora_rank 24 is not a rank vLLM starts"):
+            LLMSettings(backend=LLMBackendKind.openai, max_lora_rank=24)
+        assert LLMSettings(backend=LLMBackendKind.openai, max_lora_rank=320).max_lora_rank == 320
+        assert LLMSettings(max_lora_rank=24).max_lora_rank == 24  # llama.cpp takes any rank
