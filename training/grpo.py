@@ -26,6 +26,7 @@ from transformers import (
     TrainerCallback,
 )
 from trl import GRPOConfig, GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
 
 from app.llm.grammar import JsonGrammar
 from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
@@ -224,7 +225,11 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
     Free samples of a small model are rarely valid JSON, so every group would score the same
     format failure and GRPO would see no signal; under the grammar every sample parses and the
     rewards differ by content. The samples' log-probabilities are then taken under the
-    unmasked policy, as TRL does for its own samples, which also teaches the format."""
+    unmasked policy, as TRL does for its own samples, which also teaches the format.
+
+    Generation runs as TRL's own does: on the model unwrapped from its distributed wrapper,
+    with gradient checkpointing (on for GPU training) off while it generates and restored
+    for the backward pass."""
     schema = json.dumps(SCHEMA[agent])
     prefix = RESPONSE_PREFIX[agent]
     grammar: JsonGrammar | None = None  # built on the first call, for the trainer's tokenizer
@@ -240,8 +245,17 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
         inputs = tokenizer.pad(
             {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
         ).to(trainer.accelerator.device)
-        with torch.no_grad():
-            output = model.generate(
+        with (
+            torch.no_grad(),
+            unwrap_model_for_generation(
+                trainer.model_wrapped,
+                trainer.accelerator,
+                gradient_checkpointing_kwargs=cast(
+                    dict[str, Any] | None, trainer.args.gradient_checkpointing_kwargs
+                ),
+            ) as policy,
+        ):
+            output = policy.generate(
                 **inputs,
                 generation_config=trainer.generation_config,
                 logits_processor=LogitsProcessorList([grammar.mask(schema, len(prompts), prefix)]),
