@@ -226,6 +226,9 @@ def ship(name: str, payload: dict[str, Any], config: GRPOJobConfig, adapter_dir:
             "validation": VAL_FILE.name,
             "validation_rows": payload["val_rows"],
         },
+        # What "metrics" measure: the agent's own task on the validation conversation (for
+        # the answer agent, questions over LoCoMo's gold observations), not the full pipeline.
+        "validation": f"bench.{name}: {config.agent} agent alone, conv-30's questions",
         "steps": steps,
         "train_seconds": payload["train"]["metrics"]["train_seconds"],
         "settings": {key: _plain(getattr(config, key)) for key in _CARD_SETTINGS},

@@ -3,6 +3,8 @@ not activated its own, and a tenant can go back to them."""
 
 import asyncio
 import json
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ from app import cli
 from app.adapters import service as adapters
 from app.core.config import get_settings
 from app.llm.backend import validate_adapter_dir
+from app.llm.bundled import BUNDLED_MODEL_NAME
+from app.llm.inprocess import InProcessBackend
+from app.memory.answer import answer_question
+from app.memory.schemas import as_views
 from app.models import Adapter
 from tests.adapters.test_api import adapter_dir, register
 
@@ -146,3 +152,26 @@ def test_the_shipped_adapters_fit_the_bundled_model_and_carry_a_card(folder):
     card = json.loads((folder / "card.json").read_text())
     assert {"data", "steps", "settings", "metrics", "command"} <= card.keys()
     assert card["metrics"]["f1"] > card["base_metrics"]["f1"]
+
+
+@pytest.mark.model
+async def test_the_shipped_answer_adapter_serves_in_the_embedded_engine(
+    serving_model_dir, tmp_path
+):
+    """Converted to GGUF on first load (beside a copy, as serve installs it) and selected per
+    request: it answers under the Answer Agent's schema."""
+    copy = shutil.copytree(adapters.DEFAULTS_DIR / "answer", tmp_path / "answer")
+    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
+    memories = as_views(
+        [(uuid.UUID(int=1), "On 8 May 2023, Ann adopted a dog named Buddy.", "Ann", None)]
+    )
+    try:
+        await backend.load_adapter("shipped", str(copy))
+        for adapter in (None, "shipped"):
+            result = await answer_question(
+                backend, "What is the name of Ann's dog?", memories, adapter=adapter
+            )
+            assert result.error is None and result.answer
+            assert result.completion is not None and result.completion.adapter == adapter
+    finally:
+        await backend.close()
