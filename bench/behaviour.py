@@ -117,7 +117,7 @@ async def run_scenario(
     client: httpx.AsyncClient,
     headers: dict[str, str],
     scenario: dict[str, Any],
-    top_k: int,
+    top_k: int | None,
     adapters: str,
 ) -> dict[str, Any]:
     user = f"behaviour-{uuid.uuid4().hex[:8]}"
@@ -140,9 +140,8 @@ async def run_scenario(
         question = {
             "user_id": user,
             "question": check["question"],
-            "top_k": top_k,
             "answer_adapter": adapters,
-        }
+        } | ({"top_k": top_k} if top_k else {})
         response = await client.post("/ask", json=question, headers=headers)
         response.raise_for_status()
         answer = response.json()["answer"]
@@ -304,7 +303,9 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", help="run the scenario of this name only")
-    parser.add_argument("--top-k", type=int, default=60, help="memories /ask retrieves")
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="memories /ask retrieves (default: the service's)"
+    )
     parser.add_argument("--pgdata", default="/tmp/memr1-bench-behaviour-pg")
     parser.add_argument("--data-dir", default=str(Path.home() / ".local/share/memory-r1-bench"))
     raise SystemExit(asyncio.run(main(parser.parse_args())))

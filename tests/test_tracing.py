@@ -83,7 +83,7 @@ async def test_ask_traces_retrieval_and_the_answer(
     inside = {s.name: s for s in spans if s.context.trace_id == ask.context.trace_id}
     retrieve, answer = inside["answer.retrieve"].attributes, inside["answer.generate"].attributes
     assert retrieve is not None and answer is not None
-    assert retrieve["memory_r1.retrieved"] == 1 and retrieve["memory_r1.top_k"] == 60
+    assert retrieve["memory_r1.retrieved"] == 1 and retrieve["memory_r1.top_k"] == 10
     assert answer["memory_r1.selected"] == 1
     assert answer["gen_ai.request.model"] == "fake-model"
 

@@ -10,7 +10,11 @@ class AskRequest(BaseModel):
     user_id: ExternalIdField
     question: NonEmptyText
     top_k: int | None = Field(
-        None, ge=1, le=60, description="Memories retrieved before distillation (default 60)."
+        None,
+        ge=1,
+        le=60,
+        description="Memories retrieved before distillation "
+        "(default MEMR1_PIPELINE__ANSWER_TOP_K, 10).",
     )
     answer_adapter: AdapterChoice = "active"
 

@@ -19,7 +19,7 @@ from app.users import service as users
 
 
 async def ask(runtime: Runtime, tenant_id: uuid.UUID, body: AskRequest) -> AskResponse:
-    top_k = body.top_k or runtime.settings.limits.max_top_k
+    top_k = body.top_k or runtime.settings.pipeline.answer_top_k
     memories.check_query(body.question, top_k, runtime.settings.limits, "question")
     with tracer.start_as_current_span(RETRIEVE, attributes={"memory_r1.top_k": top_k}) as span:
         [embedding] = await runtime.embedder.embed([body.question])
