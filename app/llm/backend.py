@@ -67,7 +67,8 @@ def validate_adapter_dir(path: Path, *, base_model: str, max_lora_rank: int) -> 
 
     Both backends refuse the same things: no ``adapter_config.json`` or weights, an adapter
     that is not LoRA, one trained on another base model (compared by name or by the basename
-    of a path, so ``/models/Qwen2.5-7B`` matches ``Qwen/Qwen2.5-7B``), or a rank above what
+    of a path, so ``/models/Qwen2.5-7B`` matches ``Qwen/Qwen2.5-7B``, and a Hugging Face cache
+    snapshot by the model it holds), or a rank above what
     the server was started with. Raises ``Unprocessable`` saying which."""
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
@@ -99,4 +100,15 @@ def validate_adapter_dir(path: Path, *, base_model: str, max_lora_rank: int) -> 
 
 
 def _same_model(trained_on: str, served: str) -> bool:
-    return trained_on == served or Path(trained_on).name == Path(served).name
+    trained_id, served_id = _model_id(trained_on), _model_id(served)
+    return trained_id == served_id or Path(trained_id).name == Path(served_id).name
+
+
+def _model_id(name: str) -> str:
+    """``org/name`` for a Hugging Face cache snapshot path (``.../models--org--name/snapshots/
+    <commit>``, whose basename is a commit hash), else ``name`` as it is."""
+    parts = Path(name).parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            return part.removeprefix("models--").replace("--", "/")
+    return name

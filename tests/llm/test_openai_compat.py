@@ -7,6 +7,7 @@ from pydantic import SecretStr, ValidationError
 
 from app.core.config import LLMBackendKind, LLMSettings, Settings, StructuredOutput
 from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, Upstream
+from app.llm.backend import validate_adapter_dir
 from app.llm.factory import build_backend
 from app.llm.openai_compat import OpenAICompatBackend
 from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_on_localhost
@@ -431,3 +432,33 @@ class TestBuildBackend:
             LLMSettings(backend=LLMBackendKind.openai, max_lora_rank=24)
         assert LLMSettings(backend=LLMBackendKind.openai, max_lora_rank=320).max_lora_rank == 320
         assert LLMSettings(max_lora_rank=24).max_lora_rank == 24  # llama.cpp takes any rank
+
+
+@pytest.mark.parametrize(
+    ("trained_on", "served", "same"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", True),
+        ("/models/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", True),
+        # A trainer that loaded the model from the Hugging Face cache records the snapshot.
+        (
+            "/hf-cache/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/a09a35458c702b33",
+            "Qwen/Qwen2.5-7B-Instruct",
+            True,
+        ),
+        (
+            "/hf-cache/hub/models--Qwen--Qwen2.5-1.5B-Instruct/snapshots/a09a35458c702b33",
+            "Qwen/Qwen2.5-7B-Instruct",
+            False,
+        ),
+        ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct", False),
+    ],
+)
+def test_an_adapter_is_checked_against_the_model_it_was_trained_on(
+    trained_on: str, served: str, same: bool, make_adapter_dir: AdapterDirFactory
+) -> None:
+    path = make_adapter_dir(base_model=trained_on)
+    if same:
+        validate_adapter_dir(path, base_model=served, max_lora_rank=64)
+    else:
+        with pytest.raises(Unprocessable, match="was trained on"):
+            validate_adapter_dir(path, base_model=served, max_lora_rank=64)
