@@ -13,9 +13,10 @@ Target: the adapter's validation F1 beats the base model's by >= 30% relative.
 
 With ``--ship`` an adapter that meets the target replaces the one shipped for its agent in
 ``app/adapters/defaults/<agent>/`` (weights, config and ``card.json``); ``memory-r1 serve``
-registers it as the global default on its next start. The shipped answer adapter was made by
+registers it as the global default on its next start. The shipped answer adapter's card has
+the command that makes it again:
 
-    python -m bench.train_answer --max-steps 200 --minutes 60 --ship
+    python -m bench.train_answer --max-steps 54 --minutes 100000 --ship
 """
 
 import argparse
