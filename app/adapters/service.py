@@ -201,10 +201,30 @@ async def import_adapter(
         source, base_model=settings.llm.model, max_lora_rank=settings.llm.max_lora_rank
     )
     name = f"{agent}-import-{uuid.uuid4().hex[:12]}"
-    target = settings.adapter_root / str(tenant_id) / name
-    shutil.copytree(source, target)
+    adapter = await _copy_and_register(
+        db, settings, source, tenant_id=tenant_id, agent=agent, name=name, metrics=None
+    )
+    if activate:
+        await set_active(db, adapter)
+    return adapter
+
+
+async def _copy_and_register(
+    db: AsyncSession,
+    settings: Settings,
+    source: Path,
+    *,
+    tenant_id: uuid.UUID | None,
+    agent: str,
+    name: str,
+    metrics: dict[str, Any] | None,
+) -> Adapter:
+    """Copy a checked adapter directory under the adapters directory (``<tenant id>/`` or
+    ``global/``) and register it as a candidate."""
+    target = settings.adapter_root / (str(tenant_id) if tenant_id else "global") / name
+    shutil.copytree(source, target, dirs_exist_ok=True)
     config = json.loads((target / "adapter_config.json").read_text())
-    adapter = await register_candidate(
+    return await register_candidate(
         db,
         tenant_id=tenant_id,
         agent=agent,
@@ -212,12 +232,9 @@ async def import_adapter(
         base_model=settings.llm.model,
         path=str(target),
         rank=int(config["r"]),
-        validation_metrics=None,
+        validation_metrics=metrics,
         training_job_id=None,
     )
-    if activate:
-        await set_active(db, adapter)
-    return adapter
 
 
 def _version(folder: Path) -> str:
@@ -258,21 +275,16 @@ async def install_defaults(
         await repository.lock_agent(db, None, agent)
         if await repository.get_by_name(db, name) is not None:
             continue
-        target = settings.adapter_root / "global" / name
-        shutil.copytree(folder, target, dirs_exist_ok=True)
         card_file = folder / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-        config = json.loads((folder / "adapter_config.json").read_text())
-        adapter = await register_candidate(
+        adapter = await _copy_and_register(
             db,
+            settings,
+            folder,
             tenant_id=None,
             agent=agent,
             name=name,
-            base_model=settings.llm.model,
-            path=str(target),
-            rank=int(config["r"]),
-            validation_metrics=card.get("metrics"),
-            training_job_id=None,
+            metrics=card.get("metrics"),
         )
         await set_active(db, adapter)
         log.info("registered the shipped %s adapter %s as the global default", agent, name)
