@@ -28,11 +28,12 @@ from transformers import (
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from app.core.config import LLMSettings, get_settings
 from app.llm.grammar import JsonGrammar
 from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
 from training.config import GRPOJobConfig
 from training.datasets import Retriever, load_encoder
-from training.model import load_base_model
+from training.model import load_base_model, training_dtype
 from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
 from training.validate import ServingAnswerer, open_backend
 
@@ -141,10 +142,8 @@ def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
 
 def trl_config(config: GRPOJobConfig) -> GRPOConfig:
     """The GRPOConfig of a job. Float32 on a CPU; bf16 and gradient checkpointing on a GPU,
-    where larger models run."""
+    where larger models run. Rollouts use transformers generate (see ``GRPOJobConfig``)."""
     cuda = torch.cuda.is_available()
-    if config.use_vllm and not cuda:
-        raise ValueError("use_vllm needs a CUDA GPU; set use_vllm to false to train on a CPU")
     return GRPOConfig(
         output_dir=str(config.output_dir),
         learning_rate=config.learning_rate,
@@ -156,10 +155,8 @@ def trl_config(config: GRPOJobConfig) -> GRPOConfig:
         beta=config.beta,
         temperature=config.temperature,
         seed=config.seed,
-        use_vllm=config.use_vllm,
-        vllm_mode="colocate",
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=training_dtype() is torch.bfloat16,
         gradient_checkpointing=cuda,
         logging_steps=1,
         save_strategy="no",
@@ -176,6 +173,7 @@ def run_grpo(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     retriever: Retriever | None = None,
+    serving: LLMSettings | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for ``config.agent`` with GRPO on ``train_rows`` and save it (with
     an ``adapter_config.json`` naming the base model) to ``config.output_dir``.
@@ -183,7 +181,9 @@ def run_grpo(
     ``progress`` receives one dict per optimizer step (step, total, reward_mean, reward_std,
     kl, loss, ...); ``should_stop`` is polled after every step and ends training early when it
     returns True (the adapter trained so far is still saved, ``TrainResult.stopped`` says so).
-    Manager rows need a ``retriever``; the bundled MiniLM is loaded when none is given."""
+    Manager rows need a ``retriever``; the bundled MiniLM is loaded when none is given. The
+    Manager's frozen Answer Agent is the base model served as ``serving`` (default: this
+    process's settings) configures serving."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_base_model(config.base_model_dir)
@@ -193,7 +193,7 @@ def run_grpo(
     if not rows:
         raise ValueError("no training rows fit max_prompt_length; raise it or shorten prompts")
     reporter = _Reporter(progress, should_stop)
-    reward, close = _reward(config, retriever)
+    reward, close = _reward(config, retriever, serving or get_settings().llm)
     try:
         with warnings.catch_warnings():
             # rollout_func is marked experimental; constrained_rollout depends on it knowingly.
@@ -288,13 +288,13 @@ def _lora(config: GRPOJobConfig) -> LoraConfig:
 
 
 def _reward(
-    config: GRPOJobConfig, retriever: Retriever | None
+    config: GRPOJobConfig, retriever: Retriever | None, serving: LLMSettings
 ) -> tuple[RewardFunc, Callable[[], None]]:
     """The job's reward function and what to call when training is over."""
     if config.agent == "answer":
         return answer_reward(config.reward, config.format_weight), lambda: None
     retriever = retriever or Retriever(load_encoder())
-    llm = open_backend(config.base_model_dir)
+    llm = open_backend(serving, config.base_model_dir)
     reward = manager_outcome_reward(
         ServingAnswerer(llm), config.reward, config.format_weight, retrieve=retriever.for_answer
     )

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.core.config import LLMSettings
+from app.llm.factory import served_model_name
 from app.supervise import exit_with_parent
 from training.config import GRPOJobConfig
 from training.datasets import (
@@ -20,6 +21,7 @@ from training.datasets import (
     rows_from_episodes,
 )
 from training.grpo import run_grpo
+from training.model import training_model_dir
 from training.validate import evaluate_adapter
 
 
@@ -33,7 +35,7 @@ class JobSpec:
     adapter_name: str
     output_dir: str
     data_dir: str
-    base_model_dir: str | None  # None: the bundled SmolLM2
+    serving: LLMSettings  # the model serving runs: the one trained, and what validates
     baseline_adapter_dir: str | None  # the active adapter the candidate must beat
     episodes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -67,7 +69,12 @@ def _validate(
     results: dict[str, Any] = {}
     for label, adapter in (("candidate", adapter_dir), ("baseline", baseline)):
         results[label] = evaluate_adapter(
-            spec.agent, adapter, rows, base_model_dir=model_dir, retriever=retriever
+            spec.agent,
+            adapter,
+            rows,
+            base_model_dir=model_dir,
+            llm=spec.serving,
+            retriever=retriever,
         )
         events.put(("log", f"{label}: f1={results[label]['f1']:.4f}"))
     results["baseline_adapter"] = spec.baseline_adapter_dir
@@ -79,11 +86,7 @@ def run_job(spec: JobSpec, events: Any) -> None:
     and a non-zero exit code. It ends when the worker that spawned it is gone."""
     exit_with_parent()
     try:
-        model_dir = (
-            Path(spec.base_model_dir)
-            if spec.base_model_dir
-            else ensure_bundled_model(Path(spec.data_dir))
-        )
+        model_dir = training_model_dir(spec.serving, Path(spec.data_dir))
         config = GRPOJobConfig.from_params(
             spec.params,
             agent=spec.agent,
@@ -94,7 +97,11 @@ def run_job(spec: JobSpec, events: Any) -> None:
         rows = _train_rows(spec, retriever)
         events.put(("log", f"{len(rows)} training rows for the {spec.agent} agent"))
         trained = run_grpo(
-            config, rows, progress=lambda m: events.put(("metrics", m)), retriever=retriever
+            config,
+            rows,
+            progress=lambda m: events.put(("metrics", m)),
+            retriever=retriever,
+            serving=spec.serving,
         )
         events.put(("metrics", trained.metrics))
         validation = _validate(spec, trained.adapter_dir, model_dir, retriever, events)
@@ -103,7 +110,7 @@ def run_job(spec: JobSpec, events: Any) -> None:
                 "result",
                 {
                     "adapter_dir": str(trained.adapter_dir),
-                    "base_model": BUNDLED_MODEL_NAME if not spec.base_model_dir else str(model_dir),
+                    "base_model": served_model_name(spec.serving),
                     "rank": config.lora_r,
                     "validation": validation,
                 },

@@ -1,9 +1,10 @@
 """Validation of an adapter (or of the base model) on held-out rows, to gate adapters.
 
-Generation goes through the serving backend itself (``InProcessBackend``: llama.cpp, greedy
-decoding constrained by the agent's JSON schema, the adapter converted and loaded the way
-serving loads it), so the figures are what a user of the service would get with that adapter
-active.
+Generation goes through the serving backend itself, so the figures are what a user of the
+service would get with that adapter active: the in-process engine (llama.cpp, greedy decoding
+constrained by the agent's JSON schema, the adapter converted and loaded the way serving loads
+it) or, with the openai backend, the model server (vLLM), which loads the adapter by its path
+for the run and unloads it after.
 
 Answer rows: the Answer Agent answers each row's prompt; F1 / BLEU-1 / EM against the gold
 answer. Manager rows: the Manager (with the adapter) decides on the row's fact, its operations
@@ -14,14 +15,17 @@ from the memories retrieved from that bank; the metrics score that answer (the p
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from app.core.config import get_settings
+from app.core.config import LLMBackendKind, LLMSettings, get_settings
 from app.core.errors import UnusableOutput
 from app.episodes.views import fact_from_json
+from app.llm.backend import LLMBackend
 from app.llm.bundled import serving_dir
+from app.llm.factory import openai_backend
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
@@ -30,18 +34,19 @@ from app.memory.schemas import MemoryView
 from training.datasets import Retriever, load_encoder, memory_from_dict
 from training.eval.metrics import AnswerScores, score_answer
 
-CANDIDATE_ADAPTER = "candidate"
 MAX_LORA_RANK = 256
 
 Row = dict[str, Any]
 Progress = Callable[[int, int], None]
 
 
-def open_backend(base_model_dir: Path, max_batch_size: int = 8) -> InProcessBackend:
-    """The serving backend for the model trained from ``base_model_dir``; adapters are matched
-    to it by name."""
+def open_backend(llm: LLMSettings, base_model_dir: Path, max_batch_size: int = 8) -> LLMBackend:
+    """The serving backend ``llm`` configures, for the model trained from ``base_model_dir``:
+    the model server itself (openai backend), or an in-process engine on that model."""
+    if llm.backend is LLMBackendKind.openai:
+        return openai_backend(llm)
     return InProcessBackend(
-        serving_dir(base_model_dir, get_settings().llm.weights),
+        serving_dir(base_model_dir, llm.weights),
         base_model=str(base_model_dir),
         max_batch_size=max_batch_size,
         max_lora_rank=MAX_LORA_RANK,
@@ -54,7 +59,7 @@ class ServingAnswerer:
     With ``adapter=None`` it is the frozen base model: the Manager's reward judges the bank
     with an answerer that does not move while the Manager trains."""
 
-    def __init__(self, llm: InProcessBackend, adapter: str | None = None) -> None:
+    def __init__(self, llm: LLMBackend, adapter: str | None = None) -> None:
         self.llm = llm
         self.adapter = adapter
 
@@ -76,12 +81,14 @@ def evaluate_adapter(
     val_rows: Sequence[Row],
     *,
     base_model_dir: Path,
+    llm: LLMSettings | None = None,
     retriever: Retriever | None = None,
     max_batch_size: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """F1 / BLEU-1 / EM (means, and per LoCoMo category) of ``agent`` with the adapter at
-    ``adapter_dir`` (None: the base model) on ``val_rows``, plus the share of unusable outputs.
+    ``adapter_dir`` (None: the base model) on ``val_rows``, plus the share of unusable outputs,
+    served as ``llm`` (default: this process's settings) configures serving.
 
     Manager rows need a ``retriever`` (the bundled MiniLM is loaded when none is given)."""
     if agent not in ("answer", "manager"):
@@ -90,27 +97,20 @@ def evaluate_adapter(
         raise ValueError("no validation rows")
     if agent == "manager" and retriever is None:
         retriever = Retriever(load_encoder())
-    return asyncio.run(
-        _evaluate(agent, adapter_dir, val_rows, base_model_dir, retriever, max_batch_size, progress)
-    )
+    backend = open_backend(llm or get_settings().llm, base_model_dir, max_batch_size)
+    return asyncio.run(_evaluate(agent, adapter_dir, val_rows, backend, retriever, progress))
 
 
 async def _evaluate(
     agent: str,
     adapter_dir: Path | None,
     rows: Sequence[Row],
-    base_model_dir: Path,
+    llm: LLMBackend,
     retriever: Retriever | None,
-    max_batch_size: int,
     progress: Progress | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    llm = open_backend(base_model_dir, max_batch_size)
-    try:
-        adapter = None
-        if adapter_dir is not None:
-            await llm.load_adapter(CANDIDATE_ADAPTER, str(adapter_dir))
-            adapter = CANDIDATE_ADAPTER
+    async with _serving(llm, adapter_dir) as adapter:
         done = 0
 
         async def one(row: Row) -> tuple[str | None, dict[str, Any]]:
@@ -126,8 +126,6 @@ async def _evaluate(
             return result
 
         outputs = await asyncio.gather(*(one(row) for row in rows))
-    finally:
-        await llm.close()
     report = summarise([answer for answer, _ in outputs], rows)
     if agent == "manager":
         report["operations"] = dict(sum((Counter(info["ops"]) for _, info in outputs), Counter()))
@@ -139,8 +137,28 @@ async def _evaluate(
     return report
 
 
+@asynccontextmanager
+async def _serving(llm: LLMBackend, adapter_dir: Path | None) -> AsyncIterator[str | None]:
+    """The name the adapter at ``adapter_dir`` is served under (None: the base model) while
+    the block runs; unloaded after, and the backend closed. The name is its own on a shared
+    model server, so neither concurrent jobs nor the adapters the API serves are replaced or
+    unloaded by a validation run."""
+    try:
+        if adapter_dir is None:
+            yield None
+            return
+        name = f"validate-{adapter_dir.name}"
+        await llm.load_adapter(name, str(adapter_dir))
+        try:
+            yield name
+        finally:
+            await llm.unload_adapter(name)
+    finally:
+        await llm.close()
+
+
 async def _answer_row(
-    llm: InProcessBackend, adapter: str | None, row: Row
+    llm: LLMBackend, adapter: str | None, row: Row
 ) -> tuple[str | None, dict[str, Any]]:
     try:
         completion = await llm.complete(
@@ -157,7 +175,7 @@ async def _answer_row(
 
 
 async def _manager_row(
-    llm: InProcessBackend, adapter: str | None, row: Row, retriever: Retriever
+    llm: LLMBackend, adapter: str | None, row: Row, retriever: Retriever
 ) -> tuple[str | None, dict[str, Any]]:
     candidates = [memory_from_dict(m) for m in row["candidates"]]
     bank = [memory_from_dict(m) for m in row["bank"]]

@@ -19,6 +19,7 @@ from app.core.errors import Conflict, NotFound, Unprocessable, Upstream
 from app.core.runtime import Runtime
 from app.core.schemas import ADD_ONLY
 from app.llm.backend import validate_adapter_dir
+from app.llm.factory import served_model_name
 from app.models import Adapter, AdapterStatus, Agent
 from app.tenants import repository as tenants
 
@@ -198,7 +199,7 @@ async def import_adapter(
     if await tenants.get_tenant(db, tenant_id) is None:
         raise NotFound(f"tenant {tenant_id} does not exist")
     validate_adapter_dir(
-        source, base_model=settings.llm.model, max_lora_rank=settings.llm.max_lora_rank
+        source, base_model=served_model_name(settings.llm), max_lora_rank=settings.llm.max_lora_rank
     )
     name = f"{agent}-import-{uuid.uuid4().hex[:12]}"
     adapter = await _copy_and_register(
@@ -229,7 +230,7 @@ async def _copy_and_register(
         tenant_id=tenant_id,
         agent=agent,
         name=name,
-        base_model=settings.llm.model,
+        base_model=served_model_name(settings.llm),
         path=str(target),
         rank=int(config["r"]),
         validation_metrics=metrics,
@@ -266,7 +267,9 @@ async def install_defaults(
             continue
         try:
             validate_adapter_dir(
-                folder, base_model=settings.llm.model, max_lora_rank=settings.llm.max_lora_rank
+                folder,
+                base_model=served_model_name(settings.llm),
+                max_lora_rank=settings.llm.max_lora_rank,
             )
         except Unprocessable as exc:
             log.info("the shipped %s adapter does not fit this server: %s", agent, exc.detail)

@@ -69,7 +69,9 @@ class LLMSettings(BaseModel):
         None,
         description="inprocess backend: a local model directory holding one .gguf file (served "
         "by llama.cpp) and the Hugging Face tokenizer and weights (training). Unset means the "
-        "bundled SmolLM2, prepared once from its GGUF in <data_dir>/models/.",
+        "bundled SmolLM2, prepared once from its GGUF in <data_dir>/models/. openai backend: a "
+        "local copy of the served model's Hugging Face weights for training; unset, training "
+        "reads `model` from the Hugging Face cache (HF_HOME) and never downloads it.",
     )
     weights: Weights = Field(
         Weights.q8_0,

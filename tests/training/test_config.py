@@ -19,7 +19,6 @@ class TestDefaults:
         assert config.output_dir == Path("/tmp/adapter")
         assert isinstance(config.base_model_dir, Path)
         assert config.num_generations >= 2
-        assert config.use_vllm is False
         assert config.constrained is True
 
     def test_every_field_has_help(self) -> None:
@@ -50,6 +49,11 @@ class TestFromParams:
             make(lora_rank=8)
         assert "lora_r" in str(info.value) and "num_generations" in str(info.value)
 
+    def test_vllm_generation_is_not_a_parameter(self) -> None:
+        # Rollouts always use transformers generate; see GRPOJobConfig.
+        with pytest.raises(ValueError, match=r"Unknown training parameter\(s\) \['use_vllm'\]"):
+            make(use_vllm=True)
+
     def test_fixed_keys_cannot_be_overridden(self) -> None:
         with pytest.raises(ValueError, match="set by the service"):
             GRPOJobConfig.from_params({"output_dir": "/elsewhere"}, **FIXED)
@@ -57,8 +61,8 @@ class TestFromParams:
     def test_wrong_type_says_what_was_expected(self) -> None:
         with pytest.raises(ValueError, match="lora_r must be an integer"):
             make(lora_r="16")
-        with pytest.raises(ValueError, match="use_vllm must be true or false"):
-            make(use_vllm="yes")
+        with pytest.raises(ValueError, match="constrained must be true or false"):
+            make(constrained="yes")
         with pytest.raises(ValueError, match="target_modules must be a list of strings"):
             make(target_modules="q_proj")
 
@@ -72,7 +76,6 @@ class TestFromParams:
     [
         ({"agent": "extractor"}, "agent must be one of"),
         ({"reward": "judge"}, "reward must be 'em'"),
-        ({"use_vllm": True}, "constrained sampling runs on transformers generate"),
         ({"format_weight": 1.5}, r"format_weight must be in \[0, 1\]"),
         ({"lora_r": 0}, "lora_r must be between 1 and 256"),
         ({"lora_alpha": 0}, "lora_alpha must be > 0"),

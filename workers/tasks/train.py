@@ -84,7 +84,7 @@ async def _spec(db: AsyncSession, settings: Settings, job: TrainingJob) -> JobSp
         adapter_name=name,
         output_dir=str(settings.adapter_root / str(job.tenant_id) / name),
         data_dir=str(settings.data_dir),
-        base_model_dir=str(settings.llm.model_path) if settings.llm.model_path else None,
+        serving=settings.llm,
         baseline_adapter_dir=active.path if active else None,
     )
 
