@@ -1,5 +1,6 @@
 """The FastAPI application."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,10 +38,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             return
         built = await build_runtime(settings, with_queue=True)
         app.state.runtime = built
-        await adapters.reconcile(built)
+        # The API serves (and /readyz says not ready) while a model server loads.
+        reconciling = asyncio.create_task(adapters.reconcile_when_served(built))
         try:
             yield
         finally:
+            reconciling.cancel()
             await built.close()
 
     app = FastAPI(

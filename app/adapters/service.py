@@ -1,6 +1,7 @@
 """The adapter registry. Postgres is the source of truth; what the serving backend has loaded
 is a cache that is filled on demand and reconciled on start."""
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -99,6 +100,20 @@ async def reconcile(runtime: Runtime) -> list[str]:
                 getattr(exc, "detail", repr(exc)),
             )
     return loaded
+
+
+async def reconcile_when_served(runtime: Runtime, every_s: float = 5.0) -> list[str]:
+    """``reconcile`` as soon as the model can serve: a model server that is still loading
+    (vLLM takes minutes) is asked again every ``every_s`` seconds, so the active adapters are
+    loaded when it comes up rather than by the first requests that need them."""
+    while True:
+        try:
+            await runtime.llm.ready()
+        except Upstream as exc:
+            log.info("model not ready (%s); active adapters load when it is", exc.detail)
+            await asyncio.sleep(every_s)
+            continue
+        return await reconcile(runtime)
 
 
 async def list_adapters(

@@ -5,6 +5,7 @@ from sqlalchemy import text
 
 from app.core.db import current_revision, head_revision
 from app.core.deps import RuntimeDep
+from app.core.errors import Upstream
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """The database answers and its schema is at the latest migration."""
+    """The database answers, its schema is at the latest migration and the model can serve
+    (a model server such as vLLM answers 503 here while it loads its weights)."""
     head = head_revision()
     try:
         async with runtime.engine.connect() as conn:
@@ -34,6 +36,13 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
                 "status": "unavailable",
                 "detail": f"schema at {current}, expected {head}: run `memory-r1 migrate`",
             },
+            status_code=503,
+        )
+    try:
+        await runtime.llm.ready()
+    except Upstream as exc:
+        return JSONResponse(
+            {"status": "unavailable", "detail": f"model not ready: {exc.detail}"},
             status_code=503,
         )
     return JSONResponse({"status": "ready", "schema": current})

@@ -56,6 +56,11 @@ class LLMBackend(Protocol):
 
     async def loaded_adapters(self) -> set[str]: ...
 
+    async def ready(self) -> None:
+        """Return when the model can serve now; raise ``app.core.errors.Upstream`` saying why
+        not (a model server still loading its weights, or unreachable). Asks once, quickly."""
+        ...
+
     async def close(self) -> None: ...
 
 

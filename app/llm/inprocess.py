@@ -253,6 +253,9 @@ class InProcessBackend:
     async def loaded_adapters(self) -> set[str]:
         return set(self._loras)
 
+    async def ready(self) -> None:
+        """The model is loaded when the backend is built."""
+
     def resident_adapters(self) -> set[str]:
         """The loaded adapters whose weights are in memory now (not freed for being idle)."""
         return {name for name, lora in self._loras.items() if lora.handle is not None}

@@ -202,6 +202,13 @@ class OpenAICompatBackend:
     async def loaded_adapters(self) -> set[str]:
         return {card.id for card in await self._lora_cards()}
 
+    async def ready(self) -> None:
+        """One unretried ``GET /models``, which every OpenAI-compatible server answers once
+        its model is loaded (vLLM binds its port only then)."""
+        await request_with_retries(
+            self._client, "GET", f"{self._base_url}/models", None, max_retries=0, backoff_s=0
+        )
+
     async def close(self) -> None:
         await self._client.aclose()
 

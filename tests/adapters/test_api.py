@@ -1,5 +1,6 @@
 """Adapter registry: list, activate, roll back; the pointer moves first, serving follows."""
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -11,7 +12,9 @@ from app.adapters import repository
 from app.adapters import service as adapters
 from app.core.config import get_settings
 from app.core.errors import AppError, NotFound, Unprocessable, Upstream
+from app.llm.openai_compat import OpenAICompatBackend
 from tests.conftest import make_tenant
+from tests.fixtures.vllm_contract_server import VLLMContractServer, free_port, serve_on_localhost
 
 
 def adapter_dir(root: Path, name: str, rank: int = 8) -> Path:
@@ -204,6 +207,40 @@ class TestActivate:
             await adapters.resolve(runtime, tenant_a.tenant_id, "answer", "active")
         server_up = True
         assert await adapters.resolve(runtime, tenant_a.tenant_id, "answer", "active") == first.name
+
+    async def test_a_model_server_that_starts_late_gets_the_active_adapters_when_it_is_up(
+        self, client, runtime, tenant_a, tmp_path
+    ):
+        """vLLM binds its port only once its weights are loaded (minutes): meanwhile the API
+        is up, /readyz says the model is not ready, and the active adapters are loaded as soon
+        as the server answers, before any request needs them."""
+        port = free_port()
+        vllm = VLLMContractServer(base_model="fake-model")
+        runtime.llm = OpenAICompatBackend(
+            f"http://127.0.0.1:{port}/v1", "fake-model", None, 2.0, 1, 64, backoff_s=0.01
+        )
+        path = adapter_dir(tmp_path, "late")
+        (path / "adapter_model.safetensors").write_bytes(b"weights")
+        adapter = await register(runtime, tenant_a.tenant_id, f"answer-late-{uuid.uuid4()}", path)
+        async with runtime.sessions() as db:
+            await adapters.set_active(db, await repository.get(db, tenant_a.tenant_id, adapter.id))
+            await db.commit()
+        try:
+            loading = await client.get("/readyz")
+            assert loading.status_code == 503
+            assert "model not ready" in loading.json()["detail"]
+            waiting = asyncio.create_task(adapters.reconcile_when_served(runtime, every_s=0.05))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            async with serve_on_localhost(vllm.app, port):
+                loaded = await asyncio.wait_for(waiting, timeout=10)
+                assert adapter.name in loaded
+                assert vllm.loras[adapter.name] == str(path)
+                assert vllm.requests_to("/v1/chat/completions") == []  # loaded before any request
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+        finally:
+            await runtime.llm.close()
 
 
 async def test_make_tenant_helper_gives_distinct_tenants(runtime):

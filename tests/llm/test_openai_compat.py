@@ -1,4 +1,3 @@
-import socket
 from pathlib import Path
 
 import httpx
@@ -10,7 +9,12 @@ from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, 
 from app.llm.backend import validate_adapter_dir
 from app.llm.factory import build_backend
 from app.llm.openai_compat import OpenAICompatBackend
-from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_on_localhost
+from tests.fixtures.vllm_contract_server import (
+    Reply,
+    VLLMContractServer,
+    free_port,
+    serve_on_localhost,
+)
 from tests.llm.conftest import AdapterDirFactory, BackendFactory
 
 MESSAGES = [{"role": "user", "content": "Alice moved to Paris."}]
@@ -195,11 +199,8 @@ class TestRetries:
         assert len(contract_server.requests_to(CHAT)) == 2
 
     async def test_unreachable_server_raises_upstream(self) -> None:
-        with socket.socket() as probe:  # a port that was free a moment ago has no listener
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
         backend = OpenAICompatBackend(
-            f"http://127.0.0.1:{port}/v1", "m", None, 1.0, 2, 16, backoff_s=0.001
+            f"http://127.0.0.1:{free_port()}/v1", "m", None, 1.0, 2, 16, backoff_s=0.001
         )
         try:
             with pytest.raises(Upstream, match=r"3 attempt\(s\).*ConnectError"):

@@ -67,6 +67,10 @@ class ScriptedLLM:
     async def loaded_adapters(self) -> set[str]:
         return set()
 
+    async def ready(self) -> None:
+        if self.down:
+            raise Upstream("model server unreachable")
+
     async def close(self) -> None: ...
 
 
