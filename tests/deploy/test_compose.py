@@ -367,6 +367,18 @@ def test_gpu_profile_talks_to_vllm_and_cpu_profile_runs_in_process(
         assert service_env(services[name])["MEMR1_LLM__BACKEND"] == "inprocess", name
 
 
+def test_the_trainer_trains_the_model_vllm_downloaded(services: dict[str, dict[str, Any]]) -> None:
+    """The trainer finds vLLM's model by its id in the Hugging Face cache vLLM fills (the vLLM
+    image's cache is /root/.cache/huggingface), read-only and offline (the image sets
+    HF_HUB_OFFLINE)."""
+    trainer = services["trainer"]
+    env = service_env(trainer)
+    assert volume_mounts(trainer)["hf-cache"] == env["HF_HOME"]
+    assert volume_mounts(services["vllm"])["hf-cache"] == "/root/.cache/huggingface"
+    assert "hf-cache:/hf-cache:ro" in trainer["volumes"]
+    assert "MEMR1_LLM__MODEL_PATH" not in env
+
+
 def test_vllm_serves_runtime_loadable_lora_adapters(services: dict[str, dict[str, Any]]) -> None:
     vllm = services["vllm"]
     image, _, tag = with_defaults(vllm["image"]).partition(":")

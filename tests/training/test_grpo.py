@@ -3,15 +3,12 @@ import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import GenerationConfig
 
 from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
@@ -23,6 +20,7 @@ from training.datasets import answer_row
 from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
 from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
+from training.smoke import rollout_view
 
 MAY = datetime(2023, 5, 8, tzinfo=UTC)
 FACTS = [
@@ -180,32 +178,13 @@ def test_rows_longer_than_max_prompt_length_are_skipped(base_dir: Path, tmp_path
     assert select_rows(rows, roomy, tokenizer) == picked  # seeded, so repeatable
 
 
-def trainer_view(model: Any, tokenizer: Any, max_new_tokens: int, **sampling: Any) -> Any:
-    """What the rollout reads of a GRPOTrainer."""
-    eos = [int(tokenizer.eos_token_id)]
-    return SimpleNamespace(
-        model=model,
-        model_wrapped=model,
-        processing_class=tokenizer,
-        eos_token_ids=eos,
-        accelerator=Accelerator(cpu=True),
-        args=SimpleNamespace(gradient_checkpointing_kwargs={"use_reentrant": False}),
-        generation_config=GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        ),
-    )
-
-
 @pytest.mark.model
 def test_the_rollout_samples_the_same_with_gradient_checkpointing_on(base_dir: Path) -> None:
     """Training on a GPU turns gradient checkpointing on; the rollout generates as without
     it and leaves it on for the backward pass."""
     model, tokenizer = load_base_model(base_dir)
     policy = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    trainer = trainer_view(policy, tokenizer, 48, do_sample=False)
+    trainer = rollout_view(policy, tokenizer, 48, do_sample=False)
     prompts = [row["prompt"] for row in render_rows(tiny_rows()[:2], "answer", tokenizer)]
     rollout = constrained_rollout("answer")
 
@@ -229,7 +208,7 @@ def test_constrained_rollout_samples_only_replies_that_parse(agent: str, base_di
     guarantees it, so answer prompts serve for both agents)."""
     model, tokenizer = load_base_model(base_dir)
     eos = [int(tokenizer.eos_token_id)]
-    trainer = trainer_view(model, tokenizer, MAX_TOKENS[agent], do_sample=True, temperature=1.0)
+    trainer = rollout_view(model, tokenizer, MAX_TOKENS[agent], do_sample=True, temperature=1.0)
     rows = render_rows(tiny_rows()[:2], agent, tokenizer)
     prompts = [row["prompt"] for row in rows for _ in range(2)]
     torch.manual_seed(0)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from app.core.config import LLMBackendKind, LLMSettings, Settings
 from app.core.db import transaction
@@ -19,6 +18,7 @@ from tests.conftest import make_tenant
 from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_on_localhost
 from tests.workers.test_train_worker import TINY, subset
 from training.model import training_model_dir
+from training.smoke import tiny_model
 from workers.tasks.train import train_job
 
 pytestmark = pytest.mark.model
@@ -32,20 +32,7 @@ def hub_cache_with_tiny_model(cache: Path, bundled_model_dir: Path) -> Path:
     """A Hugging Face cache as a model server leaves it, holding ``SERVED``: a randomly
     initialised model of the bundled model's architecture, much narrower, with its tokenizer."""
     repo = cache / f"models--{SERVED.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    config = AutoConfig.from_pretrained(bundled_model_dir)
-    config.update(
-        {
-            "hidden_size": HIDDEN,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-        }
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(snapshot)
-    AutoTokenizer.from_pretrained(bundled_model_dir).save_pretrained(snapshot)
+    snapshot = tiny_model(bundled_model_dir, repo / "snapshots" / COMMIT, hidden=HIDDEN)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)
     return snapshot
