@@ -14,7 +14,8 @@ from app.core.config import get_settings
 from app.core.errors import AppError, NotFound, Unprocessable, Upstream
 from app.llm.openai_compat import OpenAICompatBackend
 from tests.conftest import make_tenant
-from tests.fixtures.vllm_contract_server import VLLMContractServer, free_port, serve_on_localhost
+from tests.fixtures.vllm_contract_server import VLLMContractServer, serve_on_localhost
+from tests.test_supervise import free_port
 
 
 def adapter_dir(root: Path, name: str, rank: int = 8) -> Path:

@@ -9,13 +9,9 @@ from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput, 
 from app.llm.backend import validate_adapter_dir
 from app.llm.factory import build_backend
 from app.llm.openai_compat import OpenAICompatBackend
-from tests.fixtures.vllm_contract_server import (
-    Reply,
-    VLLMContractServer,
-    free_port,
-    serve_on_localhost,
-)
+from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_on_localhost
 from tests.llm.conftest import AdapterDirFactory, BackendFactory
+from tests.test_supervise import free_port
 
 MESSAGES = [{"role": "user", "content": "Alice moved to Paris."}]
 SCHEMA = {

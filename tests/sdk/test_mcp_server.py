@@ -21,6 +21,7 @@ from memory_r1.client import AsyncClient
 from memory_r1.mcp_server import build_server
 from tests.api.helpers import add_op, answered, extracted
 from tests.fixtures.served import Served, served_app
+from tests.test_supervise import free_port
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +88,10 @@ async def test_memory_r1_mcp_over_stdio(served: Served) -> None:
     assert [h["text"] for h in hits] == ["Alice lives in Lisbon."]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_memory_r1_mcp_over_streamable_http(served: Served) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
     await AsyncClient(served.base_url, served.key).add_memory(user, "Alice works as a nurse.")
-    port = _free_port()
+    port = free_port()
     command = Path(sys.executable).with_name("memory-r1")
     server = subprocess.Popen(
         [str(command), "mcp", "--user", user, "--url", served.base_url]
