@@ -204,10 +204,14 @@ class OpenAICompatBackend:
 
     async def ready(self) -> None:
         """One unretried ``GET /models``, which every OpenAI-compatible server answers once
-        its model is loaded (vLLM binds its port only then)."""
-        await request_with_retries(
-            self._client, "GET", f"{self._base_url}/models", None, max_retries=0, backoff_s=0
-        )
+        its model is loaded (vLLM binds its port only then). A server that refuses it (a wrong
+        API key) cannot serve either."""
+        try:
+            await request_with_retries(
+                self._client, "GET", f"{self._base_url}/models", None, max_retries=0, backoff_s=0
+            )
+        except BadUpstreamResponse as exc:
+            raise Upstream(exc.detail) from exc
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -205,6 +205,31 @@ class TestRetries:
             await backend.close()
 
 
+class TestReady:
+    async def test_ready_once_the_server_lists_its_models(
+        self, contract_server: VLLMContractServer, make_backend: BackendFactory
+    ) -> None:
+        await make_backend().ready()
+        assert [r.path for r in contract_server.requests] == ["/v1/models"]
+
+    async def test_a_server_that_is_not_up_is_not_ready_and_asked_once(self) -> None:
+        backend = OpenAICompatBackend(
+            f"http://127.0.0.1:{free_port()}/v1", "m", None, 1.0, 3, 16, backoff_s=0.001
+        )
+        try:
+            with pytest.raises(Upstream, match=r"1 attempt\(s\).*ConnectError"):
+                await backend.ready()
+        finally:
+            await backend.close()
+
+    async def test_a_server_that_refuses_the_key_is_not_ready(
+        self, contract_server: VLLMContractServer, make_backend: BackendFactory
+    ) -> None:
+        contract_server.api_key = "s3cret"
+        with pytest.raises(Upstream, match="HTTP 401"):
+            await make_backend(api_key="wrong").ready()
+
+
 class TestLoadAdapter:
     async def test_validated_adapter_is_loaded_with_vllms_request_body(
         self,
