@@ -57,6 +57,8 @@ FACTS = [
         "Scout",
     ),
     ("Bob", "On 8 May 2023, Bob moved to Lisbon.", "Where did Bob move?", "Lisbon"),
+    ("Ann", "On 8 May 2023, Ann started a pottery class.", "What class did Ann start?", "pottery"),
+    ("Bob", "On 8 May 2023, Bob ran a marathon in 4 hours.", "How long was Bob's run?", "4 hours"),
 ]
 
 
@@ -110,6 +112,7 @@ def rollout_view(model: Any, tokenizer: Any, max_new_tokens: int, **sampling: An
 
 
 def rows() -> list[dict[str, Any]]:
+    """Answer Agent rows: a question about each of ``FACTS``, all four shown as memories."""
     when = datetime(2023, 5, 8, tzinfo=UTC)
     views = as_views(
         [(uuid.UUID(int=i + 1), t, who, when) for i, (who, t, _, _) in enumerate(FACTS)]

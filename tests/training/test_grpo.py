@@ -1,7 +1,5 @@
 import json
 import os
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,35 +11,13 @@ from safetensors.torch import load_file
 from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
-from app.memory.schemas import as_views
 from training import grpo
 from training.config import GRPOJobConfig
-from training.datasets import answer_row
 from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
 from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
 from training.smoke import rollout_view
-
-MAY = datetime(2023, 5, 8, tzinfo=UTC)
-FACTS = [
-    (
-        "Ann",
-        "On 8 May 2023, Ann adopted a puppy named Scout.",
-        "What is Ann's puppy called?",
-        "Scout",
-    ),
-    ("Bob", "On 8 May 2023, Bob moved to Lisbon.", "Where did Bob move?", "Lisbon"),
-    ("Ann", "On 8 May 2023, Ann started a pottery class.", "What class did Ann start?", "pottery"),
-    ("Bob", "On 8 May 2023, Bob ran a marathon in 4 hours.", "How long was Bob's run?", "4 hours"),
-]
-
-
-def tiny_rows() -> list[dict[str, Any]]:
-    views = as_views(
-        [(uuid.UUID(int=i + 1), text, who, MAY) for i, (who, text, _, _) in enumerate(FACTS)]
-    )
-    return [answer_row(question, views, gold=gold, category=4) for _, _, question, gold in FACTS]
-
+from training.smoke import rows as tiny_rows
 
 MAX_TOKENS = {"answer": ANSWER_MAX_TOKENS, "manager": MANAGER_MAX_TOKENS}
 
