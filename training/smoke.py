@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -143,7 +143,8 @@ class Smoke:
 
     def load(self) -> tuple[Any, Any]:
         model, tokenizer = load_base_model(self.model_dir)
-        return model.to(self.device), tokenizer
+        # mypy reads the decorator on transformers' .to() as taking a model, not a device.
+        return cast(Any, model).to(self.device), tokenizer
 
     def model(self) -> str:
         model, _ = self.load()
