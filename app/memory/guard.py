@@ -7,8 +7,9 @@ is kept or a Manager text is applied, each of its sentences is checked against i
 - markup its sources do not contain ("</fact>}, {", "</context:", a brace) ends the text: the
   model went on as if closing its prompt's tags or the JSON, and what follows is not a memory;
 - a sentence said before in the same text is dropped (so is the cut-off start of one), as is
-  one that repeats a word over and over (the shape of a model that lost its way), and one that
-  says nothing but a name or a date;
+  one that repeats a run of words of an earlier one, one that repeats a word over and over
+  (the shape of a model that lost its way), and one that says nothing but a name or a date;
+  words said twice in a row ("in June 2023 in June 2023") are said once;
 - a sentence is unsupported, and dropped, when it names someone or something (a capitalised
   word past the sentence start), gives a number or a time word ("yesterday", "last week") that
   its sources do not, or when fewer than two in five of its content words are in its sources;
@@ -33,6 +34,10 @@ from app.memory.schemas import text_key
 MIN_SUPPORTED = 0.4
 # A word this many times in one sentence: the model is looping.
 MAX_WORD_REPEATS = 3
+# A run of this many words of an earlier sentence, again in a later one: the model is looping
+# ("Mel loves pottery, and it's a big part of her life. She loves it so much, and it's a big
+# part of her life."). Shorter runs are how two sentences about one person naturally start.
+REPEATED_RUN_WORDS = 6
 
 _STOPWORDS = frozenset(
     """
@@ -61,6 +66,8 @@ _OPENING_DATE = re.compile(rf"^On ({_DATE.pattern}),?\s*")
 _LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {_DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
 # A tag's start ("<fact>", "</context:") or a brace: the prompt's markup or the JSON's.
+# Two to eight words, then the same words again ("in June 2023 in June 2023").
+_STUTTER = re.compile(r"\b([\w']+(?:[ ,]+[\w']+){1,7})[ ,]+\1\b", re.IGNORECASE)
 _MARKUP = re.compile(r"</?[A-Za-z_][\w-]*(?=[>:\s]|$)>?|[{}]")
 
 
@@ -163,20 +170,43 @@ def sentence_key(sentence: str) -> str:
     return text_key(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
 
 
+def _runs(key: str) -> set[tuple[str, ...]]:
+    words = key.split()
+    n = REPEATED_RUN_WORDS
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 def _repeats(key: str, seen: set[str]) -> str | None:
     """Why the sentence of ``key`` repeats one of the ``seen`` before it, or None."""
     if key in seen:
         return "repeats an earlier sentence"
     if any(earlier.startswith(key) for earlier in seen):
         return "repeats the start of an earlier sentence"
+    if any(_runs(key) & _runs(earlier) for earlier in seen):
+        return f"repeats {REPEATED_RUN_WORDS} or more words of an earlier sentence"
     return None
 
 
+def say_once(sentence: str) -> str:
+    """``sentence`` with words said twice in a row said once. One word over and over ("tea
+    tea tea tea") is left for the looping check, which drops the sentence."""
+    previous = None
+    while previous != sentence:
+        previous, sentence = sentence, _STUTTER.sub(_once, sentence)
+    return sentence
+
+
+def _once(match: re.Match[str]) -> str:
+    words = {w.casefold() for w in _WORD.findall(match[1])}
+    return match[1] if len(words) > 1 else match[0]
+
+
 def drop_repeats(text: str) -> str:
-    """``text`` without the sentences that say (or start) again one before them."""
+    """``text`` without the sentences that say (or start, or partly say) again one before
+    them, each saying what it says once."""
     kept: list[str] = []
     seen: set[str] = set()
-    for sentence in sentences(text):
+    for sentence in map(say_once, sentences(text)):
         key = sentence_key(sentence)
         if _repeats(key, seen) is None:
             seen.add(key)
@@ -227,6 +257,10 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             sentence, cut = rest[:1].upper() + rest[1:], opening[0].strip()
         else:
             cut = None
+        once = say_once(sentence)
+        if once != sentence:
+            dropped.append((sentence, "says the same words twice in a row"))
+            sentence = once
         key = sentence_key(sentence)
         repeated = _repeats(key, seen)
         if repeated is not None:

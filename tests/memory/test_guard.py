@@ -29,6 +29,27 @@ class TestCheck:
         assert checked.text == "I moved from Boston to Seattle."
         assert [why for _, why in checked.dropped] == ["repeats an earlier sentence"] * 6
 
+    def test_words_said_twice_in_a_row_are_said_once(self) -> None:
+        turn = "I plan to go on a camping trip in June 2023."
+        text = "Melanie plans to go on a camping trip in June 2023 in June 2023."
+        checked = check(text, [turn], "Melanie", AT)
+        assert checked.text == "Melanie plans to go on a camping trip in June 2023."
+        assert checked.dropped == [(text, "says the same words twice in a row")]
+        assert kept("Ann said bye bye to Tom.", "I said bye bye to Tom.") == (
+            "Ann said bye bye to Tom."
+        )
+
+    def test_a_sentence_repeating_a_run_of_an_earlier_one_is_dropped(self) -> None:
+        turn = "Pottery is a big part of my life, I love it so much."
+        first = "Melanie loves pottery, and it's a big part of her life."
+        again = "She loves it so much, and it's a big part of her life."
+        checked = check(f"{first} {again}", [turn], "Melanie", AT)
+        assert checked.text == first
+        assert checked.dropped == [(again, "repeats 6 or more words of an earlier sentence")]
+        # Five words in common is how two sentences about one thing start: both stay.
+        two = "Ann adopted a dog named Rex. Later Ann adopted a dog named Max."
+        assert kept(two, "I adopted a dog named Rex, and later a dog named Max.") == two
+
     def test_a_number_the_turn_does_not_give_is_invented(self) -> None:
         turn = "I moved from Boston to Seattle last month for a new job at Amazon."
         checked = check("I moved to Seattle. I'm a 2026-2027 employee.", [turn], "Alice", AT)
@@ -138,6 +159,12 @@ def test_an_answer_says_each_sentence_once() -> None:
     reply = {"selected": ["m1"], "answer": "Luna died. I am sad. I am sad. I am"}
     _, answer, error = parse_answer(reply, shown)
     assert (answer, error) == ("Luna died. I am sad.", None)
+
+
+def test_an_answer_says_its_words_once() -> None:
+    shown = as_views([(uuid.uuid4(), "Mel plans a camping trip in June 2023.", "Mel", None)])
+    reply = {"selected": ["m1"], "answer": "in June 2023 in June 2023 in June 2023"}
+    assert parse_answer(reply, shown)[1] == "in June 2023"
 
 
 def test_of_two_facts_saying_the_same_the_one_saying_more_is_kept() -> None:
