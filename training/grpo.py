@@ -5,7 +5,6 @@ model with the adapter disabled, so no second copy is held. For the Manager, the
 Agent that turns its banks into rewards is the serving backend on the base model.
 """
 
-import asyncio
 import json
 import logging
 import random
@@ -294,15 +293,11 @@ def _reward(
     if config.agent == "answer":
         return answer_reward(config.reward, config.format_weight), lambda: None
     retriever = retriever or Retriever(load_encoder())
-    llm = open_backend(serving, config.base_model_dir)
+    answerer = ServingAnswerer(open_backend(serving, config.base_model_dir))
     reward = manager_outcome_reward(
-        ServingAnswerer(llm), config.reward, config.format_weight, retrieve=retriever.for_answer
+        answerer, config.reward, config.format_weight, retrieve=retriever.for_answer
     )
-
-    def close() -> None:
-        asyncio.run(llm.close())
-
-    return reward, close
+    return reward, answerer.close
 
 
 def _summary(history: list[dict[str, Any]], rows: int, seconds: float) -> dict[str, Any]:

@@ -57,14 +57,17 @@ class ServingAnswerer:
     """The Answer Agent as serving runs it, callable synchronously on a batch of requests.
 
     With ``adapter=None`` it is the frozen base model: the Manager's reward judges the bank
-    with an answerer that does not move while the Manager trains."""
+    with an answerer that does not move while the Manager trains. Every call runs on one event
+    loop of its own, since a model server's HTTP connections belong to the loop that opened
+    them; ``close`` closes the backend, then the loop."""
 
     def __init__(self, llm: LLMBackend, adapter: str | None = None) -> None:
         self.llm = llm
         self.adapter = adapter
+        self._runner = asyncio.Runner()
 
     def __call__(self, requests: Sequence[tuple[str, list[MemoryView]]]) -> list[str | None]:
-        return asyncio.run(self.answer_all(requests))
+        return self._runner.run(self.answer_all(requests))
 
     async def answer_all(
         self, requests: Sequence[tuple[str, list[MemoryView]]]
@@ -73,6 +76,10 @@ class ServingAnswerer:
             *(answer_question(self.llm, q, m, adapter=self.adapter) for q, m in requests)
         )
         return [result.answer for result in results]
+
+    def close(self) -> None:
+        self._runner.run(self.llm.close())
+        self._runner.close()
 
 
 def evaluate_adapter(
