@@ -133,6 +133,12 @@ def _parse(tokenizer: Any, completion: list[int]) -> Any:
     )
 
 
+def _train_checkpointed(policy: Any) -> None:
+    """Training mode with gradient checkpointing on, as GRPO runs on a GPU."""
+    policy.train()
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class Smoke:
     def __init__(self, model_dir: Path, model_name: str, device: str, work: Path, steps: int):
         self.model_dir = model_dir
@@ -154,13 +160,17 @@ class Smoke:
         params = sum(p.numel() for p in model.parameters())
         return f"{self.model_name}, {params / 1e6:.1f}M parameters, {dtype} on {device}"
 
-    def rollout(self) -> str:
+    def policy(self) -> tuple[Any, Any]:
+        """A fresh LoRA policy on the base model, and its tokenizer."""
         model, tokenizer = self.load()
-        policy = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        return get_peft_model(model, lora), tokenizer
+
+    def rollout(self) -> str:
+        policy, tokenizer = self.policy()
         policy.eval()
         plain = _replies(policy, tokenizer)
-        policy.train()
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _train_checkpointed(policy)
         checkpointed = _replies(policy, tokenizer)
         if checkpointed != plain:
             raise AssertionError("greedy samples differ with gradient checkpointing on")
@@ -170,10 +180,8 @@ class Smoke:
         return f"same samples with checkpointing on and off, all parse: {answers}"
 
     def backward(self) -> str:
-        model, tokenizer = self.load()
-        policy = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-        policy.train()
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy, tokenizer = self.policy()
+        _train_checkpointed(policy)
         [row] = render_rows(rows()[:1], "answer", tokenizer)
         text = row["prompt"] + '"m1"], "answer": "Scout"}'
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
