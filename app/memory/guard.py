@@ -65,9 +65,9 @@ _DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{
 _OPENING_DATE = re.compile(rf"^On ({_DATE.pattern}),?\s*")
 _LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {_DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
-# A tag's start ("<fact>", "</context:") or a brace: the prompt's markup or the JSON's.
 # Two to eight words, then the same words again ("in June 2023 in June 2023").
 _STUTTER = re.compile(r"\b([\w']+(?:[ ,]+[\w']+){1,7})[ ,]+\1\b", re.IGNORECASE)
+# A tag's start ("<fact>", "</context:") or a brace: the prompt's markup or the JSON's.
 _MARKUP = re.compile(r"</?[A-Za-z_][\w-]*(?=[>:\s]|$)>?|[{}]")
 
 
@@ -182,7 +182,8 @@ def _repeats(key: str, seen: set[str]) -> str | None:
         return "repeats an earlier sentence"
     if any(earlier.startswith(key) for earlier in seen):
         return "repeats the start of an earlier sentence"
-    if any(_runs(key) & _runs(earlier) for earlier in seen):
+    runs = _runs(key)
+    if any(runs & _runs(earlier) for earlier in seen):
         return f"repeats {REPEATED_RUN_WORDS} or more words of an earlier sentence"
     return None
 
