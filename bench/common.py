@@ -143,7 +143,11 @@ async def bench_api(
         sessions=session_factory(engine),
         embedder=InProcessEmbedder(),
         llm=InProcessBackend(
-            model_dir, BUNDLED_MODEL_NAME, max_batch_size=max_batch_size, max_lora_rank=64
+            model_dir,
+            BUNDLED_MODEL_NAME,
+            max_batch_size=max_batch_size,
+            max_lora_rank=64,
+            flash_attention=settings.llm.flash_attention,
         ),
         enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
     )

@@ -50,6 +50,7 @@ def open_backend(llm: LLMSettings, base_model_dir: Path, max_batch_size: int = 8
         base_model=str(base_model_dir),
         max_batch_size=max_batch_size,
         max_lora_rank=MAX_LORA_RANK,
+        flash_attention=llm.flash_attention,
     )
 
 

@@ -42,6 +42,7 @@ def build_backend(settings: Settings) -> LLMBackend:
                 context_tokens=llm.context_tokens,
                 threads=llm.threads,
                 adapter_idle_s=llm.adapter_idle_s,
+                flash_attention=llm.flash_attention,
             )
         case LLMBackendKind.openai:
             return openai_backend(llm)

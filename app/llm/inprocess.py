@@ -17,11 +17,13 @@ sequences are evicted, least recently used first, when a new request needs their
 Prompts are rendered and tokenised with the model's Hugging Face tokenizer, exactly as training
 renders them, so an adapter sees the token ids it was trained on. JSON output is enforced token
 by token with an xgrammar matcher per sequence (the grammar GRPO samples under), so a finished
-completion always parses. As with any batched engine (vLLM included), a reply can differ in the
-last bits of its logits with what else is decoded alongside it or cached beside it, which may
-flip a near tie between two tokens. The one way to get unparseable output is running out of
-``max_tokens`` inside the JSON; that raises ``UnusableOutput`` naming the limit rather than
-returning a truncated document (bound the schema's strings and arrays to make it unreachable).
+completion always parses. Text the grammar forces (the keys and punctuation between an
+operation's fields) is fed to the model in one decode rather than sampled token by token. As
+with any batched engine (vLLM included), a reply can differ in the last bits of its logits with
+what else is decoded alongside it or cached beside it, which may flip a near tie between two
+tokens. The one way to get unparseable output is running out of ``max_tokens`` inside the
+JSON; that raises ``UnusableOutput`` naming the limit rather than returning a truncated
+document (bound the schema's strings and arrays to make it unreachable).
 """
 
 import asyncio
@@ -66,7 +68,8 @@ def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 llama_cpp.llama_backend_init()
 llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 
-# Tokens fed to one llama_decode: decoding rows take one each, prompts fill the rest.
+# Tokens fed to one llama_decode: decoding rows take one each (a few after a forced run of
+# the grammar), prompts fill the rest.
 _BATCH_TOKENS = 512
 
 
@@ -98,7 +101,7 @@ class _Generate(_Job):
     temperature: float
     max_tokens: int
     matcher: xgr.GrammarMatcher | None  # None: free text
-    fed: int = 0  # prompt tokens already in the key/value cache
+    fed: int = 0  # tokens of prompt + output already in the key/value cache
     reused: int = 0  # of those, how many came from an earlier request's cache
     output: list[int] = field(default_factory=list)
     stepped: float = 0.0  # when it last took part in a decode, to take turns fairly
@@ -167,6 +170,7 @@ class InProcessBackend:
         context_tokens: int = 16384,
         threads: int | None = None,
         adapter_idle_s: float | None = None,
+        flash_attention: bool = False,
     ) -> None:
         self.base_model = base_model
         self._adapter_idle_s = adapter_idle_s
@@ -189,6 +193,14 @@ class InProcessBackend:
         params.kv_unified = True  # sequences share cells, which is what prefix reuse needs
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
+        # llama.cpp's CPU flash attention prefills long prompts faster but decodes slower the
+        # more cells the cache holds (other sequences' cached prompts included); the agents'
+        # calls are mostly decoding, so it is off unless asked for (bench/engine.py measures).
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attention
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = llama_cpp.llama_batch_init(_BATCH_TOKENS, 0, 1)
         vocab = self._model.vocab
@@ -197,6 +209,7 @@ class InProcessBackend:
             t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)
         )
         self._grammar = JsonGrammar(self._tokenizer, self._n_vocab, sorted(self._stop_ids))
+        self._forced_tokens: dict[str, list[int]] = {}  # text the grammar forces -> tokens
         self._bitmask = xgr.allocate_token_bitmask(1, self._n_vocab)
         # The longest prompt plus reply one sequence may hold.
         self._max_tokens = min(context_tokens, int(self._model.n_ctx_train()))
@@ -446,6 +459,8 @@ class InProcessBackend:
             target.tokens = job.prompt[:reused]
         target.adapter, target.job = job.adapter, job
         job.fed = job.reused = reused
+        if job.matcher is not None:  # the reply's forced start is read with the prompt
+            self._jump_forward(job)
 
     def _clear(self, sequence: _Sequence) -> None:
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, sequence.id, -1, -1)
@@ -453,7 +468,8 @@ class InProcessBackend:
 
     def _step(self, running: list[_Generate]) -> None:
         """One ``llama_decode`` for the running requests of one adapter (the one that waited
-        longest): each decoding row feeds its last token, prompts fill the rest of the batch."""
+        longest): each decoding row feeds the tokens it has not fed yet (its last sampled one
+        and any the grammar forced after it), prompts fill the rest of the batch."""
         for job in running:
             if job.future.cancelled():  # the caller gave up: free its sequence
                 self._finish(job)
@@ -473,17 +489,19 @@ class InProcessBackend:
                 break
             sequence = self._sequence_of(job)
             if job.fed < len(job.prompt):
+                # A forced start of the reply waits for the next decode, so its values do not
+                # depend on how much of the prompt was cached (as if decoded one by one).
                 tokens = job.prompt[job.fed : job.fed + room]
-                last = job.fed + len(tokens) == len(job.prompt)
             else:
-                tokens, last = job.output[-1:], True
+                tokens = job.output[job.fed - len(job.prompt) :][:room]
+            last = job.fed + len(tokens) == len(job.prompt) + len(job.output)
             for offset, token in enumerate(tokens):
                 _add(batch, token, len(sequence.tokens) + offset, sequence.id, False)
             if last:
                 batch.logits[batch.n_tokens - 1] = True
                 rows.append((job, batch.n_tokens - 1))
             sequence.tokens.extend(tokens)
-            job.fed = min(job.fed + len(tokens), len(job.prompt))
+            job.fed += len(tokens)
             job.stepped = time.perf_counter()
             room -= len(tokens)
         self._use_adapter(adapter)
@@ -519,8 +537,29 @@ class InProcessBackend:
             return
         if job.matcher is not None:
             job.matcher.accept_token(token)
+            self._jump_forward(job)
         if len(job.output) >= job.max_tokens:
             self._finish(job, finished=False)
+
+    def _jump_forward(self, job: _Generate) -> None:
+        """Append the text the grammar forces next (``", "text": "`` after an operation's
+        id, say) without sampling it token by token: it is fed in the next decode at once.
+        The text is tokenised as a whole, as the prompts' worked examples are, except its
+        last token, which could merge with what the model writes next and is left to it."""
+        assert job.matcher is not None
+        forced = job.matcher.find_jump_forward_string()
+        if not forced:
+            return
+        tokens = self._forced_tokens.get(forced)
+        if tokens is None:
+            with self._tokenizer_lock:
+                tokens = self._tokenizer.encode(forced, add_special_tokens=False)[:-1]
+            self._forced_tokens[forced] = tokens
+        room = max(job.max_tokens - len(job.output) - 1, 0)  # one is left to sample
+        for token in tokens[:room]:
+            if not job.matcher.accept_token(token):
+                return
+            job.output.append(token)
 
     def _finish(
         self, job: _Generate, *, finished: bool = False, error: BaseException | None = None
