@@ -83,9 +83,9 @@ class LLMSettings(BaseModel):
     )
     flash_attention: bool = Field(
         False,
-        description="inprocess: llama.cpp's flash attention. On, prompts of thousands of tokens "
-        "(/ask over 60 memories) prefill about 25 % faster; off, the agents decode 30-40 % faster "
-        "once the cache holds other requests' prompts (bench/engine.py measures both).",
+        description="inprocess: llama.cpp's flash attention. On, a prompt of 2k tokens alone "
+        "prefills about 25 % faster; off, the agents decode faster the more the cache holds, "
+        "which wins for ingestion and /ask alike (bench/engine.py, bench/ingest.py).",
     )
     context_tokens: int = Field(
         16384,
