@@ -29,8 +29,7 @@ from app.core.config import Settings
 from app.core.db import EmbeddedPostgres, create_engine, session_factory, transaction
 from app.core.runtime import Runtime
 from app.embeddings import InProcessEmbedder
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf
-from app.llm.inprocess import InProcessBackend
+from app.llm.factory import build_backend
 from app.main import create_app
 from app.models import Scope
 from app.tenants import service as tenants
@@ -131,10 +130,12 @@ def recreate_database(url: str, database: str) -> None:
 async def bench_api(
     settings: Settings, max_batch_size: int
 ) -> tuple[Runtime, FastAPI, dict[str, str]]:
-    """The API in process over ``settings``' database, with the bundled model, ingestion
-    sent to real Celery workers, and the headers of a new tenant's memory key."""
+    """The API in process over ``settings``' database, with the model backend serving builds
+    (decoding ``max_batch_size`` requests together), ingestion sent to real Celery workers,
+    and the headers of a new tenant's memory key."""
+    llm = settings.llm.model_copy(update={"max_batch_size": max_batch_size})
+    settings = settings.model_copy(update={"llm": llm})
     assert settings.database_url
-    model_dir = ensure_bundled_gguf(settings.data_dir, settings.llm.weights)
     engine = create_engine(settings.database_url)
     celery = create_celery(settings)
     runtime = Runtime(
@@ -142,13 +143,7 @@ async def bench_api(
         engine=engine,
         sessions=session_factory(engine),
         embedder=InProcessEmbedder(),
-        llm=InProcessBackend(
-            model_dir,
-            BUNDLED_MODEL_NAME,
-            max_batch_size=max_batch_size,
-            max_lora_rank=64,
-            flash_attention=settings.llm.flash_attention,
-        ),
+        llm=build_backend(settings),
         enqueue_ingestion=lambda job_id: send(celery, INGEST_TASK, job_id),
     )
     async with transaction(runtime.sessions) as db:

@@ -459,7 +459,7 @@ class InProcessBackend:
             target.tokens = job.prompt[:reused]
         target.adapter, target.job = job.adapter, job
         job.fed = job.reused = reused
-        if job.matcher is not None:  # the reply's forced start is read with the prompt
+        if job.matcher is not None:  # the reply's forced start is fed right after the prompt
             self._jump_forward(job)
 
     def _clear(self, sequence: _Sequence) -> None:
