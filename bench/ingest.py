@@ -138,9 +138,11 @@ async def ingestion_figures(
         for j in jobs
         if j.finished_at and j.started_at
     )
-    model_s = busy_seconds(
-        [(at.timestamp() - (latency or 0) / 1000, at.timestamp()) for _, at, latency, _ in calls]
-    )
+    spans = [
+        (agent, at.timestamp() - (latency or 0) / 1000, at.timestamp())
+        for agent, at, latency, _ in calls
+    ]
+    model_s = busy_seconds([(start, end) for _, start, end in spans])
     tokens = sum(int(t or 0) for *_, t in calls)
     return {
         "turns": turns,
@@ -152,6 +154,10 @@ async def ingestion_figures(
         "non_model_overhead": round(1 - model_s / processing_s, 4) if processing_s else None,
         "model_tokens_per_turn": round(tokens / processed, 1) if processed else None,
         "model_calls": dict(Counter(agent for agent, *_ in calls)),
+        "model_s_by_agent": {
+            agent: round(busy_seconds([(a, b) for who, a, b in spans if who == agent]), 1)
+            for agent in sorted({agent for agent, *_ in spans})
+        },
         "operations": dict(ops),
         "live_memories": live,
     }

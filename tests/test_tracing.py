@@ -33,7 +33,7 @@ async def traced_client(runtime, traced: Traced) -> AsyncIterator[httpx.AsyncCli
 async def test_a_request_traces_the_pipeline_inside_it(
     traced_client, traced, fake_llm, tenant_a
 ) -> None:
-    fake_llm.push(extracted("Alice adopted a dog named Buddy."), add_op("Alice has a dog, Buddy."))
+    fake_llm.push(extracted("Alice adopted a dog named Buddy."), add_op())
     response = await traced_client.post(
         "/sessions/s1/turns?wait=true",
         json=turns_body("alice", "I adopted a dog named Buddy."),

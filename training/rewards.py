@@ -20,7 +20,7 @@ from app.episodes.views import fact_from_json
 from app.memory.answer import parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
 from app.memory.prompts import ANSWER_MAX_CHARS, ANSWER_MAX_SELECTED, MANAGER_MAX_OPERATIONS
-from app.memory.schemas import MemoryView
+from app.memory.schemas import Fact, MemoryView
 from training.datasets import memory_from_dict
 from training.eval.metrics import locomo_f1, score_answer
 
@@ -116,14 +116,15 @@ def answer_format_score(text: str, memory_keys: Sequence[str]) -> float:
     return sum(checks) / len(checks)
 
 
-def manager_format_score(text: str, candidates: list[MemoryView]) -> float:
+def manager_format_score(text: str, candidates: list[MemoryView], fact: Fact) -> float:
     """How usable a Manager output is: 0 when it is not ``{"operations": [...]}``; 0.5 for that
     shape; 1 when, besides, every operation passes ``validate_operations`` against the shown
-    candidates, there are 1..MANAGER_MAX_OPERATIONS of them and no trailing text."""
+    candidates and ``fact`` (as serving validates it), there are 1..MANAGER_MAX_OPERATIONS of
+    them and no trailing text."""
     value, whole = parse_json(text)
     if malformed_reason(value) is not None:
         return 0.0
-    _, rejected = validate_operations(value, candidates)
+    _, rejected = validate_operations(value, candidates, fact=fact)
     clean = whole and not rejected and 0 < len(value["operations"]) <= MANAGER_MAX_OPERATIONS
     return 1.0 if clean else 0.5
 
@@ -227,10 +228,11 @@ def manager_outcome_reward(
         for i, text in enumerate(texts):
             candidates = [memory_from_dict(m) for m in kwargs["candidates"][i]]
             bank = [memory_from_dict(m) for m in kwargs["bank"][i]]
-            bank_after = _apply(text, candidates, bank, kwargs["fact"][i])
+            fact = fact_from_json(kwargs["fact"][i])
+            bank_after = _apply(text, candidates, bank, fact)
             question = kwargs["question"][i]
             shown.append((question, retrieve(question, bank_after, kwargs["speakers"][i])))
-            formats.append(manager_format_score(text, candidates))
+            formats.append(manager_format_score(text, candidates, fact))
         answers = _answer_unique(answerer, shown)
         outcomes = [
             outcome_score(answer, gold, int(category), kind)
@@ -246,13 +248,13 @@ def manager_outcome_reward(
 
 
 def _apply(
-    text: str, candidates: list[MemoryView], bank: list[MemoryView], fact: dict[str, Any]
+    text: str, candidates: list[MemoryView], bank: list[MemoryView], fact: Fact
 ) -> list[MemoryView]:
     value, _ = parse_json(text)
     if malformed_reason(value) is not None:
         return bank
-    operations, _ = validate_operations(value, candidates, fact=fact_from_json(fact))
-    return apply_to_bank(bank, operations, fact=fact_from_json(fact))
+    operations, _ = validate_operations(value, candidates, fact=fact)
+    return apply_to_bank(bank, operations, fact=fact)
 
 
 def _answer_unique(

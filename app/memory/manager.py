@@ -79,7 +79,10 @@ class _Validator:
             case OpKind.NOOP:
                 return None
             case OpKind.ADD:
-                return self._add(self._text(raw, kind, None))
+                # An ADD stores the fact, which the guard checked when it was extracted; its
+                # text, like its id, is ignored. Without the fact, the text is what is added.
+                text = self.fact.text if self.fact is not None else self._text(raw, kind, None)
+                return self._add(text)
             case OpKind.UPDATE:
                 target = self._target(raw, kind)
                 return self._change(kind, target, self._text(raw, kind, target))
@@ -128,15 +131,7 @@ class _Validator:
         checked = check(text, sources, self.fact.speaker, self.fact.occurred_at)
         if checked.text is None:
             sentence, reason = checked.dropped[0]
-            why = f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}"
-            if kind != OpKind.ADD:
-                raise _Rejected(why)
-            # The Manager found the fact new but wrote something else (often a listed memory,
-            # copied): the fact itself is what is new.
-            self.trimmed.append(
-                RejectedOperation(raw=dict(raw), reason=f"{why}; the fact is added instead")
-            )
-            return self.fact.text
+            raise _Rejected(f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}")
         self.trimmed += [
             RejectedOperation(raw={"op": kind.value, "sentence": sentence}, reason=reason)
             for sentence, reason in checked.dropped
@@ -155,11 +150,11 @@ def validate_operations(
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
     from a turn), UPDATE/DELETE without an id, ADD/UPDATE with a blank or over-long text, a
     second operation on the same memory, an ADD repeating another ADD or a listed memory, an
-    UPDATE that leaves the text as it was. With ``fact``, ADD and UPDATE texts are checked by
-    ``app.memory.guard`` against the fact (and an UPDATE's memory): unsupported or repeated
-    sentences are cut, each recorded among the rejections; an UPDATE left with no text is
-    rejected, an ADD adds the fact itself instead. An ADD's id, a DELETE's text and a NOOP are
-    ignored. A wrongly shaped output is a single rejection."""
+    UPDATE that leaves the text as it was. With ``fact``, an ADD adds the fact (its text is
+    ignored) and an UPDATE's text is checked by ``app.memory.guard`` against the fact and the
+    memory it changes: unsupported or repeated sentences are cut, each recorded among the
+    rejections, and an UPDATE left with no text is rejected. An ADD's id, a DELETE's text and
+    a NOOP are ignored. A wrongly shaped output is a single rejection."""
     items = _operation_items(parsed)
     if items is None:
         return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]

@@ -18,7 +18,7 @@ from typing import Any
 from app.memory.schemas import Fact, MemoryView
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
-MANAGER_PROMPT_VERSION = "manager-v1"
+MANAGER_PROMPT_VERSION = "manager-v2"
 ANSWER_PROMPT_VERSION = "answer-v2"
 
 FACT_MAX_CHARS = 200
@@ -30,10 +30,8 @@ ANSWER_MAX_CHARS = 100
 # of facts tends to repeat the last one until the cap: the cap bounds that waste.
 DEFAULT_MAX_FACTS = 3
 
-# Keys are m1..m99: shown sets hold at most 60 memories. The empty string is how an ADD or a
-# NOOP says "no id" while the grammar stays a single flat object shape.
+# Keys are m1..m99: shown sets hold at most 60 memories.
 _KEY_PATTERN = "^m[1-9][0-9]?$"
-_OPTIONAL_KEY_PATTERN = "^(m[1-9][0-9]?)?$"
 
 
 def extract_schema(max_facts: int) -> dict[str, Any]:
@@ -54,20 +52,39 @@ def extract_schema(max_facts: int) -> dict[str, Any]:
 
 EXTRACT_SCHEMA: dict[str, Any] = extract_schema(DEFAULT_MAX_FACTS)
 
+
+def _manager_operation(op: str, id_: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"op": {"const": op}, "id": id_, "text": text},
+        "required": ["op", "id", "text"],
+        "additionalProperties": False,
+    }
+
+
+_NONE: dict[str, Any] = {"const": ""}
+_KEY: dict[str, Any] = {"type": "string", "pattern": _KEY_PATTERN}
+
+# One shape per operation, so the grammar itself gives UPDATE and DELETE an id and leaves
+# ADD and NOOP none. An ADD stores the fact as the extractor wrote it (already checked by the
+# guard): its text is left empty, which spares the model writing the fact out again (the
+# base model rambled on to the length cap, or copied a listed memory instead).
 MANAGER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "operations": {
             "type": "array",
             "items": {
-                "type": "object",
-                "properties": {
-                    "op": {"enum": ["ADD", "UPDATE", "DELETE", "NOOP"]},
-                    "id": {"type": "string", "pattern": _OPTIONAL_KEY_PATTERN},
-                    "text": {"type": "string", "maxLength": MANAGER_TEXT_MAX_CHARS},
-                },
-                "required": ["op", "id", "text"],
-                "additionalProperties": False,
+                "anyOf": [
+                    _manager_operation("ADD", _NONE, _NONE),
+                    _manager_operation(
+                        "UPDATE",
+                        _KEY,
+                        {"type": "string", "minLength": 1, "maxLength": MANAGER_TEXT_MAX_CHARS},
+                    ),
+                    _manager_operation("DELETE", _KEY, _NONE),
+                    _manager_operation("NOOP", _NONE, _NONE),
+                ]
             },
             "maxItems": MANAGER_MAX_OPERATIONS,
         }
@@ -223,7 +240,7 @@ def extraction_messages(
 MANAGER_SYSTEM = """\
 You manage a memory bank. You get a new fact and the stored memories most similar to it, \
 each with an id (m1, m2, ...). Choose:
-- ADD: the fact is new. Give its text; id "".
+- ADD: the fact is new. id "" and text "": the fact is stored as it is.
 - UPDATE: the fact adds to or changes a memory. Give that id and the merged text, keeping \
 what is still true.
 - DELETE: the fact shows a memory is no longer true. Give that id; text "".
@@ -247,7 +264,7 @@ _MANAGER_EXAMPLES: list[tuple[list[str], str, dict[str, list[dict[str, str]]]]] 
     (
         ["m1 Andrew lives in Boston."],
         "Andrew started a pottery class.",
-        {"operations": [{"op": "ADD", "id": "", "text": "Andrew started a pottery class."}]},
+        {"operations": [{"op": "ADD", "id": "", "text": ""}]},
     ),
     (
         ["m1 Andrew plans a trip to Rome in July."],

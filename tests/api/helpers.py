@@ -55,9 +55,9 @@ def extracted(*facts: str) -> dict[str, Any]:
     return {"facts": list(facts)}
 
 
-def add_op(text: str) -> dict[str, Any]:
-    """A Manager reply that adds one memory."""
-    return {"operations": [{"op": "ADD", "id": "", "text": text}]}
+def add_op() -> dict[str, Any]:
+    """A Manager reply that adds the fact."""
+    return {"operations": [{"op": "ADD", "id": "", "text": ""}]}
 
 
 def answered(answer: str, *keys: str) -> dict[str, Any]:
@@ -87,7 +87,7 @@ async def populate(
     """One row of every kind for ``user``: turns, an ingestion job processed inline (extractor
     and manager episodes, a memory and its history), a queued job, a manual memory, an answer
     episode and feedback on it."""
-    fake_llm.push(extracted(f"{user} adopted a puppy."), add_op(f"{user} adopted a puppy."))
+    fake_llm.push(extracted(f"{user} adopted a puppy."), add_op())
     r = await client.post(
         f"/sessions/{user}-s1/turns",
         params={"wait": "true"},

@@ -1,12 +1,13 @@
 """The read routes the console browses: users, a user's ingestion jobs, a job's turns, and
 one logged episode. Each is tenant-scoped: another tenant's ids answer 404."""
 
+import json
 import uuid
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.api.helpers import Stored, assert_error, assert_unauthorised, populate
+from tests.api.helpers import Stored, add_op, assert_error, assert_unauthorised, populate
 from tests.conftest import TenantKeys
 from tests.fixtures.fake_llm import FakeLLM
 
@@ -151,8 +152,9 @@ class TestGetEpisode:
         assert r.status_code == 200, r.text
         episode = r.json()
         assert episode["agent"] == "manager" and episode["user_id"] == "alice"
-        assert "alice adopted a puppy." in episode["raw_output"]
-        assert episode["parsed"]["operations"][0]["op"] == "ADD"
+        assert episode["raw_output"] == json.dumps(add_op())
+        [added] = episode["parsed"]["operations"]
+        assert added["op"] == "ADD" and added["text"].endswith("alice adopted a puppy.")
         assert episode["feedback"] == []
         r = await client.get(f"/episodes/{episode_id}", headers=tenant_b.memory)
         assert_error(r, 404, "not_found", episode_id)

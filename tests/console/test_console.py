@@ -33,7 +33,7 @@ from app.models import JobStatus, Scope, TrainingJob
 from app.tenants import service as tenants
 from memory_r1.client import Client, Turn
 from tests.adapters.test_api import adapter_dir
-from tests.api.helpers import answered, extracted
+from tests.api.helpers import add_op, answered, extracted
 from tests.fixtures.served import Served, served_app
 
 CHROMIUM = shutil.which("chromium")
@@ -64,15 +64,9 @@ def bank(served: Served, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     training job with five steps of curves, and two answer adapters, the newer active."""
     user = f"ann-{uuid.uuid4().hex[:6]}"
     with Client(served.base_url, served.key) as client:
-        served.llm.push(
-            extracted("Ann adopted a cat named Tom."),
-            {"operations": [{"op": "ADD", "id": "", "text": "Ann has a cat named Tom."}]},
-        )
+        served.llm.push(extracted("Ann adopted a cat named Tom."), add_op())
         client.add_turns("s1", user, [Turn(speaker="Ann", text="I adopted a cat, Tom!")], wait=True)
-        served.llm.push(
-            extracted("Ann lives in Lisbon."),
-            {"operations": [{"op": "ADD", "id": "", "text": "Ann lives in Lisbon."}]},
-        )
+        served.llm.push(extracted("Ann lives in Lisbon."), add_op())
         client.add_turns("s1", user, [Turn(speaker="Ann", text="Lisbon is home.")], wait=True)
         cat = client.memories(user, query="cat").items[0]
         served.llm.push(  # one extraction per turn, then the Manager
@@ -215,7 +209,7 @@ def test_a_memorys_history_with_the_decision_behind_it(
     items = browser.find_elements(By.CSS_SELECTOR, "ol.timeline > li")
     assert [i.find_element(By.CSS_SELECTOR, ".badge").text for i in items] == ["ADD", "UPDATE"]
     update = items[1]
-    assert update.find_element(By.TAG_NAME, "del").text == "Ann has a cat named Tom."
+    assert update.find_element(By.TAG_NAME, "del").text == "Ann adopted a cat named Tom."
     assert update.find_element(By.TAG_NAME, "ins").text == "Ann has two cats, Tom and Kit."
     update.find_element(By.TAG_NAME, "summary").click()
     wait_for(browser, "ol.timeline > li:nth-child(2) .episode", "Raw decision")

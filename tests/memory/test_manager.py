@@ -392,23 +392,29 @@ class TestGroundedTexts:
         assert [o.text for o in operations] == ["Andrew adopted two dogs, Buddy and Scout."]
         assert rejected == []
 
-    def test_an_invented_text_is_rejected_and_repeats_are_cut(self) -> None:
+    def test_an_add_stores_the_fact_whatever_its_text(self) -> None:
         shown = bank("Andrew lives in Boston.")
-        parsed = output(
-            op("ADD", "", "Tom is taking a pottery class in Rome."),
-            op("ADD", "", "Andrew adopted Scout. Andrew adopted Scout. Andrew adopted"),
-        )
+        parsed = output(op("ADD", "", "Tom is taking a pottery class in Rome."))
         operations, rejected = validate_operations(parsed, shown, fact=self.FACT)
-        # The invented ADD adds the fact itself.
-        assert [o.text for o in operations] == [self.FACT.text, "Andrew adopted Scout."]
-        reasons = [r.reason for r in rejected]
-        assert "not supported by the fact" in reasons[0] and "the fact is added" in reasons[0]
-        assert reasons[1:] == [
-            "repeats an earlier sentence",
-            "repeats the start of an earlier sentence",
-        ]
+        assert operations == [Operation(OpKind.ADD, None, self.FACT.text)] and rejected == []
+        twice = output(op("ADD"), op("ADD", "", "Andrew adopted Scout."))
+        operations, rejected = validate_operations(twice, shown, fact=self.FACT)
+        assert operations == [Operation(OpKind.ADD, None, self.FACT.text)]
+        assert [r.reason for r in rejected] == ["ADD repeats an earlier ADD"]
+        # Without the fact, an ADD's text is what is added.
+        assert validate_operations(parsed, shown)[0][0].text == parsed["operations"][0]["text"]
+
+    def test_an_invented_update_is_rejected_and_repeats_are_cut(self) -> None:
+        shown = bank("Andrew adopted a dog named Buddy.")
         invented = output(op("UPDATE", "m1", "Tom is taking a pottery class in Rome."))
         operations, rejected = validate_operations(invented, shown, fact=self.FACT)
         assert operations == [] and "not supported by the fact" in rejected[0].reason
-        # Without the fact (format checks in training), texts are not checked.
-        assert len(validate_operations(parsed, shown)[0]) == 2
+        looping = "Andrew adopted Scout. Andrew adopted Scout. Andrew adopted"
+        operations, rejected = validate_operations(
+            output(op("UPDATE", "m1", looping)), shown, fact=self.FACT
+        )
+        assert [o.text for o in operations] == ["Andrew adopted Scout."]
+        assert [r.reason for r in rejected] == [
+            "repeats an earlier sentence",
+            "repeats the start of an earlier sentence",
+        ]

@@ -152,13 +152,22 @@ class TestSchemas:
         assert accepts(extract_schema(2), json.dumps({"facts": ["a", "b"]}))
         assert not accepts(extract_schema(2), json.dumps({"facts": ["a", "b", "c"]}))
 
-    def test_manager_schema_allows_only_key_shaped_ids(self) -> None:
-        def op(id_: str) -> str:
-            return json.dumps({"operations": [{"op": "DELETE", "id": id_, "text": ""}]})
+    def test_manager_schema_gives_each_operation_its_own_fields(self) -> None:
+        def op(kind: str, id_: str = "", text: str = "") -> str:
+            return json.dumps({"operations": [{"op": kind, "id": id_, "text": text}]})
 
-        assert accepts(MANAGER_SCHEMA, op("m12"))
-        assert accepts(MANAGER_SCHEMA, op(""))
-        assert not accepts(MANAGER_SCHEMA, op(str(uuid.uuid4())))
+        assert accepts(MANAGER_SCHEMA, op("DELETE", "m12"))
+        assert accepts(MANAGER_SCHEMA, op("UPDATE", "m3", "Ann has two dogs."))
+        assert accepts(MANAGER_SCHEMA, op("ADD")) and accepts(MANAGER_SCHEMA, op("NOOP"))
+        for wrong in [
+            op("DELETE"),  # no id
+            op("DELETE", str(uuid.uuid4())),  # not a key
+            op("UPDATE", "m3"),  # no text
+            op("ADD", "", "Ann has a dog."),  # an ADD stores the fact: no text
+            op("ADD", "m1"),
+            op("NOOP", "", "x"),
+        ]:
+            assert not accepts(MANAGER_SCHEMA, wrong), wrong
         too_many = [{"op": "NOOP", "id": "", "text": ""}] * (MANAGER_MAX_OPERATIONS + 1)
         assert not accepts(MANAGER_SCHEMA, json.dumps({"operations": too_many}))
 

@@ -221,7 +221,7 @@ class TestManagerFormat:
     @pytest.mark.parametrize(
         ("text", "score"),
         [
-            (manager_reply(("ADD", "", "Ann moved to Rome.")), 1.0),
+            (manager_reply(("ADD", "", "")), 1.0),  # an ADD stores the fact
             (manager_reply(("UPDATE", "m1", "Ann lives in Rome.")), 1.0),
             (manager_reply(("NOOP", "", "")), 1.0),
             (manager_reply(("DELETE", "m7", "")), 0.5),  # not a shown memory
@@ -239,7 +239,7 @@ class TestManagerFormat:
         ],
     )
     def test_scores(self, text: str, score: float) -> None:
-        assert manager_format_score(text, CANDIDATES) == score
+        assert manager_format_score(text, CANDIDATES, FACT) == score
 
 
 class TestManagerOutcome:
@@ -248,7 +248,7 @@ class TestManagerOutcome:
         reward = manager_outcome_reward(answerer, "em", 0.2, retrieve=retrieve_all)
         assert reward.__name__ == "manager_em"
         completions = [
-            manager_reply(("ADD", "", "Ann moved to Rome.")),
+            manager_reply(("ADD", "", "")),
             manager_reply(("UPDATE", "m1", "On 2 May 2023, Ann lives in Rome.")),
             manager_reply(("NOOP", "", "")),
             manager_reply(("DELETE", "m1", "")),
@@ -266,12 +266,12 @@ class TestManagerOutcome:
         reward = manager_outcome_reward(answerer, "f1", 0.0, retrieve=retrieve_all)
         reward(
             [],
-            [manager_reply(("DELETE", "m2", "")), manager_reply(("ADD", "", "Ann moved to Rome."))],
+            [manager_reply(("DELETE", "m2", "")), manager_reply(("ADD", "", ""))],
             **manager_columns(2),
         )
         deleted, added = (shown for _, shown in answerer.requests)
         assert [m.text for m in deleted] == [BANK[1].text, BANK[2].text]  # Rex is gone
-        assert added[-1].text == "Ann moved to Rome."
+        assert added[-1].text == FACT.text
         assert added[-1].speaker == "Ann" and added[-1].occurred_at == MAY_2  # from the fact
         assert [m.key for m in added] == ["m1", "m2", "m3", "m4"]
 
@@ -287,7 +287,7 @@ class TestManagerOutcome:
         reward = manager_outcome_reward(StubAnswerer(), "em", 0.5, retrieve=retrieve_all)
         reward(
             [],
-            [manager_reply(("ADD", "", "Ann moved to Rome.")), "garbage"],
+            [manager_reply(("ADD", "", "")), "garbage"],
             log_metric=logged.__setitem__,
             **manager_columns(2),
         )

@@ -26,7 +26,7 @@ async def ask_and_grade(
     """Ingest one turn through the pipeline, add a memory by hand, ask a question whose answer
     selects both, and give the answer ``feedback``; returns the memories' texts by key."""
     fact = f"{user} adopted a puppy named Scout."
-    fake_llm.push(extracted(fact), add_op(fact))
+    fake_llm.push(extracted(fact), add_op())
     r = await client.post(
         f"/sessions/{user}-s1/turns",
         params={"wait": "true"},
