@@ -1,7 +1,8 @@
 """The embedded LLM backend: llama.cpp (llama-cpp-python) on CPU, in this process.
 
-One scheduler thread owns a llama.cpp context holding ``max_batch_size`` sequences and decodes
-them together: every step feeds each running sequence its next token, and the prompts still
+One scheduler thread owns a llama.cpp context holding ``max_batch_size`` running sequences (and
+one more, so a full batch never takes every cached prompt start) and decodes them together:
+every step feeds each running sequence its next token, and the prompts still
 being read (in chunks, so a long prompt does not hold up the others), into one ``llama_decode``.
 Sequences under different LoRA adapters take turns, one decode per adapter. Adapter loads and
 unloads travel through the same queue and act as barriers: requests queued before an unload
@@ -189,7 +190,7 @@ class InProcessBackend:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context_tokens
         params.n_batch = params.n_ubatch = _BATCH_TOKENS
-        params.n_seq_max = max_batch_size
+        params.n_seq_max = max_batch_size + 1
         params.kv_unified = True  # sequences share cells, which is what prefix reuse needs
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
@@ -214,7 +215,8 @@ class InProcessBackend:
         # The longest prompt plus reply one sequence may hold.
         self._max_tokens = min(context_tokens, int(self._model.n_ctx_train()))
         self._context_tokens = context_tokens
-        self._sequences = [_Sequence(i) for i in range(max_batch_size)]
+        self._max_batch_size = max_batch_size
+        self._sequences = [_Sequence(i) for i in range(max_batch_size + 1)]
         # Replaced, never mutated, so loaded_adapters() can read it from the event loop.
         self._loras: dict[str, _Lora] = {}
         self._active_lora: str | None = None
@@ -407,18 +409,21 @@ class InProcessBackend:
             self._start(head, sequence)
 
     def _free_sequence(self, job: _Generate) -> _Sequence | None:
-        """An idle sequence for ``job``, preferring one that already holds its start, after
-        making room in the cache; None when it has to wait for running requests."""
+        """The idle sequence for ``job`` whose cached tokens it would lose fewest of (those
+        past the start it shares with the prompt; the least recently used on a tie), after
+        making room in the cache; None when it has to wait for running requests. Any
+        sequence's cached start can be reused (``_start`` copies it), so what matters is
+        what stays: a window of extractions then leaves the Manager's cached instructions
+        alone rather than taking its sequence for four shared tokens."""
         idle = [s for s in self._sequences if s.job is None]
-        if not idle:
+        if len(self._sequences) - len(idle) >= self._max_batch_size:
             return None
-        target = max(
-            idle,
-            key=lambda s: (
-                _common_prefix(s.tokens, job.prompt) if s.adapter == job.adapter else 0,
-                -s.used,
-            ),
-        )
+
+        def lost(s: _Sequence) -> int:
+            shared = _common_prefix(s.tokens, job.prompt) if s.adapter == job.adapter else 0
+            return len(s.tokens) - shared
+
+        target = min(idle, key=lambda s: (lost(s), s.used))
         # Counting every sequence's tokens as its own overestimates a cache whose cells are
         # shared, so a request that fits this count always finds room in llama.cpp.
         need = len(job.prompt) + job.max_tokens

@@ -430,9 +430,15 @@ class TestEnsureBundledModel:
 
 
 def manager_prompts() -> list[list[dict[str, str]]]:
-    """Real Manager prompts: long shared instructions and examples, then each fact's own part."""
+    """Real Manager prompts: long shared instructions and examples, then each fact's own part.
+    Each fact's operation leads the next best by at least 0.2 of a logit: "Jon lost his job."
+    was a three-way tie (DELETE, ADD and NOOP within 0.04), which the cache's layout flips."""
     candidates = as_views([(uuid.uuid4(), "Jon lives in Boston.", "Jon", None)])
-    facts = ["Jon lost his job.", "Jon opened a dance studio downtown last week.", "Jon likes tea."]
+    facts = [
+        "Jon adopted a cat named Tom.",
+        "Jon opened a dance studio downtown last week.",
+        "Jon likes tea.",
+    ]
     return [manager_messages(Fact(text, "Jon", None), candidates) for text in facts]
 
 
