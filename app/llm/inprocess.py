@@ -150,6 +150,10 @@ class _Lora:
     used: float
 
 
+# A shorter start shared with a cached sequence does not make it the one a request takes.
+_MIN_SHARED = 32
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     return len(os.path.commonprefix([a, b]))
 
@@ -409,21 +413,21 @@ class InProcessBackend:
             self._start(head, sequence)
 
     def _free_sequence(self, job: _Generate) -> _Sequence | None:
-        """The idle sequence for ``job`` whose cached tokens it would lose fewest of (those
-        past the start it shares with the prompt; the least recently used on a tie), after
-        making room in the cache; None when it has to wait for running requests. Any
-        sequence's cached start can be reused (``_start`` copies it), so what matters is
-        what stays: a window of extractions then leaves the Manager's cached instructions
-        alone rather than taking its sequence for four shared tokens."""
+        """An idle sequence for ``job``, preferring one that already holds its start (of at
+        least ``_MIN_SHARED`` tokens), else the least recently used, after making room in the
+        cache; None when it has to wait for running requests. Taking the sequence that shares
+        the start keeps the cache small (without flash attention every decode attends over
+        all of its cells); ignoring shorter shares (the chat template's opening) keeps a
+        window of extractions off the Manager's sequence, with its cached instructions."""
         idle = [s for s in self._sequences if s.job is None]
         if len(self._sequences) - len(idle) >= self._max_batch_size:
             return None
 
-        def lost(s: _Sequence) -> int:
-            shared = _common_prefix(s.tokens, job.prompt) if s.adapter == job.adapter else 0
-            return len(s.tokens) - shared
+        def shared(s: _Sequence) -> int:
+            n = _common_prefix(s.tokens, job.prompt) if s.adapter == job.adapter else 0
+            return n if n >= _MIN_SHARED else 0
 
-        target = min(idle, key=lambda s: (lost(s), s.used))
+        target = max(idle, key=lambda s: (shared(s), -s.used))
         # Counting every sequence's tokens as its own overestimates a cache whose cells are
         # shared, so a request that fits this count always finds room in llama.cpp.
         need = len(job.prompt) + job.max_tokens
