@@ -20,7 +20,13 @@ from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf, ensure_bund
 from app.llm.factory import build_backend
 from app.llm.gguf_lora import GGUF_NAME
 from app.llm.inprocess import InProcessBackend
-from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages, manager_messages
+from app.memory.prompts import (
+    ANSWER_MAX_TOKENS,
+    ANSWER_SCHEMA,
+    answer_messages,
+    extraction_messages,
+    manager_messages,
+)
 from app.memory.schemas import Fact, as_views
 from training.model import load_base_model
 
@@ -556,3 +562,25 @@ class TestPromptReuse:
 
         assert [r.text for r in replies] == expected
         assert replies[1].cached_tokens > 1024  # the memories, from the first question
+
+    async def test_a_full_batch_of_other_prompts_leaves_a_cached_start(
+        self, serving_model_dir: Path
+    ) -> None:
+        """Ingestion's pattern: Manager calls, a window of extractions as large as the batch,
+        Manager calls again. The extractions share only the chat template's opening with the
+        Manager's prompt; the Manager's instructions stay cached through the window."""
+        managers = manager_prompts()
+        extractions = [
+            extraction_messages("Jon", text, None, 3)
+            for text in ["I lost my job.", "We moved to Denver!"]
+        ]
+        backend = open_backend(serving_model_dir, max_batch_size=2)
+        try:
+            await backend.complete(managers[0], max_tokens=1)
+            window = await asyncio.gather(*(backend.complete(p, max_tokens=1) for p in extractions))
+            after = await backend.complete(managers[1], max_tokens=1)
+        finally:
+            await backend.close()
+
+        assert all(w.prompt_tokens > 200 for w in window)  # each filled a sequence
+        assert after.cached_tokens > 200  # the Manager's instructions and examples
