@@ -2,8 +2,8 @@
 
 One scheduler thread owns a llama.cpp context holding ``max_batch_size`` running sequences (and
 one more, so a full batch never takes every cached prompt start) and decodes them together:
-every step feeds each running sequence its next token, and the prompts still
-being read (in chunks, so a long prompt does not hold up the others), into one ``llama_decode``.
+every step feeds each running sequence its next token, and the prompts still being read (in
+chunks, so a long prompt does not hold up the others), into one ``llama_decode``.
 Sequences under different LoRA adapters take turns, one decode per adapter. Adapter loads and
 unloads travel through the same queue and act as barriers: requests queued before an unload
 still run with that adapter, requests queued after a load see it.

@@ -148,9 +148,10 @@ def validate_operations(
     """The operations of a Manager output that are safe to apply, and the rest with reasons.
 
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
-    from a turn), UPDATE/DELETE without an id, ADD/UPDATE with a blank or over-long text, a
-    second operation on the same memory, an ADD repeating another ADD or a listed memory, an
-    UPDATE that leaves the text as it was. With ``fact``, an ADD adds the fact (its text is
+    from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
+    a blank or over-long text, a second operation on the same memory, an ADD repeating
+    another ADD or a listed memory, an UPDATE that leaves the text as it was. With ``fact``,
+    an ADD adds the fact (its text is
     ignored) and an UPDATE's text is checked by ``app.memory.guard`` against the fact and the
     memory it changes: unsupported or repeated sentences are cut, each recorded among the
     rejections, and an UPDATE left with no text is rejected. An ADD's id, a DELETE's text and
