@@ -120,9 +120,15 @@ def checked_facts(
             kept.remove(same[0])
         kept.append((resolved, says))
     # The model often leaves out when ("Yesterday I ran my first marathon!" -> "Jack ran his
-    # first marathon."): the one fact of a turn that gives one time gets that time.
+    # first marathon."): the one fact of a turn that gives one time gets that time, unless it
+    # already says it resolved ("last year" -> "in 2022", which names no full date).
     when = turn_time(turn, occurred_at)
-    if len(kept) == 1 and when is not None and not gives_time(kept[0][0], occurred_at):
+    if (
+        len(kept) == 1
+        and when is not None
+        and when.casefold() not in kept[0][0].casefold()
+        and not gives_time(kept[0][0], occurred_at)
+    ):
         kept = [(_with_time(kept[0][0], when), kept[0][1])]
     facts = []
     for resolved, _ in kept:

@@ -194,6 +194,18 @@ class TestTurnTime:
             "On 3 December 2026, Jack ran his first marathon on 2 December 2026."
         ]
 
+    def test_a_fact_that_says_the_time_resolved_gets_it_once(self) -> None:
+        turn = "Yeah, I painted that lake sunrise last year! It's special to me."
+        facts, _ = checked_facts(
+            ["On 3 December 2026, Mel said she painted the lake sunrise last year."],
+            turn,
+            "Mel",
+            AT,
+        )
+        assert [f.text for f in facts] == [
+            "On 3 December 2026, Mel said she painted the lake sunrise in 2025."
+        ]
+
     def test_with_several_facts_or_times_nothing_is_guessed(self) -> None:
         turn = "Yesterday I ran a marathon. I love running."
         facts, _ = checked_facts(["Jack ran a marathon.", "Jack loves running."], turn, "Jack", AT)
