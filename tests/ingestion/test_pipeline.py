@@ -289,11 +289,14 @@ def fact_per_turn(call: FakeCall):
     return {"operations": [{"op": "ADD", "id": "", "text": ""}]}
 
 
-async def test_turns_are_extracted_together_and_managed_in_order(runtime, tenant_a):
+async def test_turns_are_extracted_together_and_managed_in_order(committed_runtime):
+    # Committed transactions: each gets its own now(), so episodes' created_at orders them.
+    runtime = committed_runtime
+    tenant = await make_tenant(runtime, f"order-{uuid.uuid4().hex[:6]}")
     llm = runtime.llm = OverlapLLM(responder=fact_per_turn)
     texts = [f"I visited city number {i}." for i in range(5)]
     body = andrew_said(texts)
-    stored = await sessions.accept_turns(runtime, tenant_a.tenant_id, "w1", body)
+    stored = await sessions.accept_turns(runtime, tenant.tenant_id, "w1", body)
 
     result = await ingestion.process_job(runtime, stored.job_id)
 
@@ -305,7 +308,7 @@ async def test_turns_are_extracted_together_and_managed_in_order(runtime, tenant
         agents = (
             await db.scalars(
                 select(Episode.agent)
-                .where(Episode.tenant_id == tenant_a.tenant_id)
+                .where(Episode.tenant_id == tenant.tenant_id)
                 .order_by(Episode.created_at)
             )
         ).all()
