@@ -81,11 +81,11 @@ class _Validator:
             case OpKind.ADD:
                 # An ADD stores the fact, which the guard checked when it was extracted; its
                 # text, like its id, is ignored. Without the fact, the text is what is added.
-                text = self.fact.text if self.fact is not None else self._text(raw, kind, None)
+                text = self.fact.text if self.fact is not None else self._text(raw, kind)
                 return self._add(text)
             case OpKind.UPDATE:
                 target = self._target(raw, kind)
-                return self._change(kind, target, self._text(raw, kind, target))
+                return self._change(kind, target, self._grounded(self._text(raw, kind), target))
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
 
@@ -117,23 +117,28 @@ class _Validator:
             raise _Rejected(f"unknown memory id {key!r:.80}: only {listed} may be named")
         return self.by_key[key]
 
-    def _text(self, raw: dict[str, object], kind: OpKind, target: MemoryView | None) -> str:
+    def _text(self, raw: dict[str, object], kind: OpKind) -> str:
         text = raw.get("text")
         if not isinstance(text, str) or not text.strip():
             raise _Rejected(f"{kind} needs a non-empty text")
         text = text.strip()
         if len(text) > self.max_text_chars:
             raise _Rejected(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+        return text
+
+    def _grounded(self, text: str, target: MemoryView) -> str:
+        """An UPDATE's ``text`` with what the fact and ``target`` do not say cut (unchecked
+        without the fact): a Manager text may merge them, nothing more."""
         if self.fact is None:
             return text
-        # A Manager text may say what the fact and the memory it changes say, nothing more.
-        sources = [self.fact.text] + ([target.text] if target is not None else [])
-        checked = check(text, sources, self.fact.speaker, self.fact.occurred_at)
+        checked = check(
+            text, [self.fact.text, target.text], self.fact.speaker, self.fact.occurred_at
+        )
         if checked.text is None:
             sentence, reason = checked.dropped[0]
-            raise _Rejected(f"{kind} text is not supported by the fact: {sentence!r:.80} {reason}")
+            raise _Rejected(f"UPDATE text is not supported by the fact: {sentence!r:.80} {reason}")
         self.trimmed += [
-            RejectedOperation(raw={"op": kind.value, "sentence": sentence}, reason=reason)
+            RejectedOperation(raw={"op": OpKind.UPDATE.value, "sentence": sentence}, reason=reason)
             for sentence, reason in checked.dropped
         ]
         return checked.text
@@ -151,11 +156,11 @@ def validate_operations(
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
     another ADD or a listed memory, an UPDATE that leaves the text as it was. With ``fact``,
-    an ADD adds the fact (its text is
-    ignored) and an UPDATE's text is checked by ``app.memory.guard`` against the fact and the
-    memory it changes: unsupported or repeated sentences are cut, each recorded among the
-    rejections, and an UPDATE left with no text is rejected. An ADD's id, a DELETE's text and
-    a NOOP are ignored. A wrongly shaped output is a single rejection."""
+    an ADD adds the fact (its text is ignored) and an UPDATE's text is checked by
+    ``app.memory.guard`` against the fact and the memory it changes: unsupported or repeated
+    sentences are cut, each recorded among the rejections, and an UPDATE left with no text is
+    rejected. An ADD's id, a DELETE's text and a NOOP are ignored. A wrongly shaped output is
+    a single rejection."""
     items = _operation_items(parsed)
     if items is None:
         return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]
