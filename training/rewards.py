@@ -20,7 +20,7 @@ from app.episodes.views import fact_from_json
 from app.memory.answer import parse_answer
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
 from app.memory.prompts import ANSWER_MAX_CHARS, ANSWER_MAX_SELECTED, MANAGER_MAX_OPERATIONS
-from app.memory.schemas import Fact, MemoryView
+from app.memory.schemas import Fact, MemoryView, Operation
 from training.datasets import memory_from_dict
 from training.eval.metrics import locomo_f1, score_answer
 
@@ -121,12 +121,20 @@ def manager_format_score(text: str, candidates: list[MemoryView], fact: Fact) ->
     shape; 1 when, besides, every operation passes ``validate_operations`` against the shown
     candidates and ``fact`` (as serving validates it), there are 1..MANAGER_MAX_OPERATIONS of
     them and no trailing text."""
+    return _validated(text, candidates, fact)[1]
+
+
+def _validated(
+    text: str, candidates: list[MemoryView], fact: Fact
+) -> tuple[list[Operation] | None, float]:
+    """The operations serving would apply for a Manager output (None when it is unusable),
+    and its format score (``manager_format_score``)."""
     value, whole = parse_json(text)
     if malformed_reason(value) is not None:
-        return 0.0
-    _, rejected = validate_operations(value, candidates, fact=fact)
+        return None, 0.0
+    operations, rejected = validate_operations(value, candidates, fact=fact)
     clean = whole and not rejected and 0 < len(value["operations"]) <= MANAGER_MAX_OPERATIONS
-    return 1.0 if clean else 0.5
+    return operations, 1.0 if clean else 0.5
 
 
 def _mix(outcome: float, fmt: float, format_weight: float) -> float:
@@ -229,10 +237,12 @@ def manager_outcome_reward(
             candidates = [memory_from_dict(m) for m in kwargs["candidates"][i]]
             bank = [memory_from_dict(m) for m in kwargs["bank"][i]]
             fact = fact_from_json(kwargs["fact"][i])
-            bank_after = _apply(text, candidates, bank, fact)
+            operations, fmt = _validated(text, candidates, fact)
+            # An unusable output changes nothing, as in serving.
+            bank_after = bank if operations is None else apply_to_bank(bank, operations, fact=fact)
             question = kwargs["question"][i]
             shown.append((question, retrieve(question, bank_after, kwargs["speakers"][i])))
-            formats.append(manager_format_score(text, candidates, fact))
+            formats.append(fmt)
         answers = _answer_unique(answerer, shown)
         outcomes = [
             outcome_score(answer, gold, int(category), kind)
@@ -245,16 +255,6 @@ def manager_outcome_reward(
 
     reward.__name__ = f"manager_{kind}"
     return reward
-
-
-def _apply(
-    text: str, candidates: list[MemoryView], bank: list[MemoryView], fact: Fact
-) -> list[MemoryView]:
-    value, _ = parse_json(text)
-    if malformed_reason(value) is not None:
-        return bank
-    operations, _ = validate_operations(value, candidates, fact=fact)
-    return apply_to_bank(bank, operations, fact=fact)
 
 
 def _answer_unique(
