@@ -3,10 +3,11 @@
 A user's jobs run in the order they were posted, each claimed once (queued -> running).
 Facts are extracted for a window of turns at once (extraction reads only its own turn, so the
 calls are independent and the model batches them); the Manager then decides fact by fact, in
-turn order, because each decision reads the bank the previous ones wrote. Progress is recorded
-in the transaction that writes what it records (a window's extractions, each fact's
-operations), so a job resumed after any failure or kill goes on from where it stopped, and
-applies no fact twice. No transaction is open while a model runs: read, release, call, write."""
+turn order, because each decision reads the bank the previous ones wrote, while the next
+window's facts are extracted alongside its calls. Progress is recorded in the transaction that
+writes what it records (a window's extractions, each fact's operations), so a job resumed
+after any failure or kill goes on from where it stopped, and applies no fact twice. No
+transaction is open while a model runs: read, release, call, write."""
 
 import asyncio
 import logging
@@ -177,22 +178,33 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
         }
         by_id = {str(turn.id): turn for turn in turns}
         size = runtime.settings.pipeline.extract_concurrency
-        while result["processed_turns"] < len(turns):
-            if not result["window"]:
-                batch = turns[result["processed_turns"] : result["processed_turns"] + size]
-                result = await _extract_window(runtime, context, batch, result)
-            turn = by_id[result["window"][0]["turn_id"]]
-            facts = [fact_from_json(f) for f in result["window"][0]["facts"]]
-            for fact in facts[result["facts_done"] :]:
-                result = await _manage_fact(runtime, context, turn, fact, result)
-            result = {
-                **result,
-                "processed_turns": result["processed_turns"] + 1,
-                "window": result["window"][1:],
-                "facts_done": 0,
-            }
-            async with transaction(runtime.sessions) as db:
-                await _save(db, job, result)
+        ahead: _Ahead | None = None
+        try:
+            while result["processed_turns"] < len(turns):
+                if not result["window"]:
+                    if ahead is None:
+                        start = result["processed_turns"]
+                        ahead = _Ahead.start(runtime, context, turns[start : start + size])
+                    result = await _store_window(runtime, context, ahead, result)
+                    ahead = None
+                start = result["processed_turns"] + len(result["window"])
+                if ahead is None and start < len(turns):
+                    ahead = _Ahead.start(runtime, context, turns[start : start + size])
+                turn = by_id[result["window"][0]["turn_id"]]
+                facts = [fact_from_json(f) for f in result["window"][0]["facts"]]
+                for fact in facts[result["facts_done"] :]:
+                    result = await _manage_fact(runtime, context, turn, fact, result)
+                result = {
+                    **result,
+                    "processed_turns": result["processed_turns"] + 1,
+                    "window": result["window"][1:],
+                    "facts_done": 0,
+                }
+                async with transaction(runtime.sessions) as db:
+                    await _save(db, job, result)
+        finally:
+            if ahead is not None:
+                await ahead.cancel()
     except LostClaim:
         raise
     except (Upstream, *UNAVAILABLE) as exc:
@@ -252,11 +264,30 @@ async def _finish_when_reachable(runtime: Runtime, job: IngestionJob, error: str
             pause = min(pause * 2, 5.0)
 
 
-async def _extract_window(
-    runtime: Runtime, ctx: _Context, turns: Sequence[Turn], result: dict[str, Any]
+@dataclass(frozen=True)
+class _Ahead:
+    """The extractions of the next window's turns, running while the Manager decides on the
+    current window's facts (extraction reads only its own turn). Kept in memory until the
+    current window is done, then stored as the next one: a run stopped before that extracts
+    those turns again, and nothing it extracted was applied."""
+
+    turns: Sequence[Turn]
+    task: asyncio.Task[list[Extraction]]
+
+    @classmethod
+    def start(cls, runtime: Runtime, ctx: _Context, turns: Sequence[Turn]) -> "_Ahead":
+        return cls(turns, asyncio.create_task(_extract_all(runtime, ctx, turns)))
+
+    async def cancel(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _store_window(
+    runtime: Runtime, ctx: _Context, ahead: _Ahead, result: dict[str, Any]
 ) -> dict[str, Any]:
-    """Extract the facts of ``turns`` and store them, with their episodes, as the window."""
-    extractions = await _extract_all(runtime, ctx, turns)
+    """Wait for ``ahead``'s extractions and store them, with their episodes, as the window."""
+    turns, extractions = ahead.turns, await ahead.task
     window = [
         {"turn_id": str(turn.id), "facts": [fact_json(f) for f in extraction.facts]}
         for turn, extraction in zip(turns, extractions, strict=True)

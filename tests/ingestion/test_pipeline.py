@@ -315,6 +315,44 @@ async def test_turns_are_extracted_together_and_managed_in_order(committed_runti
     assert agents == ["extractor"] * 5 + ["manager"] * 5  # each logged when it was made
 
 
+class AheadLLM(FakeLLM):
+    """Extractions of turns 2 and up wait for a Manager decision; each decision records how
+    many extractions were waiting when it was asked for."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.decided = asyncio.Event()
+        self.waiting = 0
+        self.waiting_at_decisions: list[int] = []
+
+    async def complete(self, messages, *, json_schema=None, **kwargs):
+        if "facts" not in json.dumps(json_schema):
+            self.waiting_at_decisions.append(self.waiting)
+            self.decided.set()
+        elif not any(f"number {i}." in messages[-1]["content"] for i in (0, 1)):
+            self.waiting += 1
+            await asyncio.wait_for(self.decided.wait(), 10)
+            self.waiting -= 1
+        return await super().complete(messages, json_schema=json_schema, **kwargs)
+
+
+async def test_the_next_window_is_extracted_while_the_manager_decides(
+    runtime, tenant_a, monkeypatch
+):
+    monkeypatch.setattr(runtime.settings.pipeline, "extract_concurrency", 2)
+    runtime.llm = llm = AheadLLM(responder=fact_per_turn)
+    texts = [f"I visited city number {i}." for i in range(4)]
+    stored = await sessions.accept_turns(runtime, tenant_a.tenant_id, "w3", andrew_said(texts))
+
+    result = await ingestion.process_job(runtime, stored.job_id)
+
+    assert result.status == "succeeded"
+    # The first decision came while turns 2 and 3 were being extracted; the last two, of
+    # those turns, after.
+    assert llm.waiting_at_decisions == [2, 0, 0, 0]
+    assert [op["text"] for op in result.operations] == [said(t) for t in texts]
+
+
 async def test_a_failed_window_resumes_after_the_last_finished_turn(runtime, tenant_a, monkeypatch):
     monkeypatch.setattr(runtime.settings.pipeline, "extract_concurrency", 2)
     failing = {"I visited city number 2."}
