@@ -166,7 +166,8 @@ class PipelineSettings(BaseModel):
         ge=1,
         le=64,
         description="Turns of a job whose facts are extracted at once (the in-process backend "
-        "batches them); Manager decisions stay one at a time, in turn order.",
+        "batches them, the next window's while the Manager decides on this one's); Manager "
+        "decisions stay one at a time, in turn order.",
     )
     answer_top_k: int = Field(
         10,
