@@ -18,6 +18,7 @@ from app.memory.guard import (
     gives_time,
     has_date,
     resolve_dates,
+    sentences,
     turn_time,
 )
 from app.memory.prompts import (
@@ -119,23 +120,45 @@ def checked_facts(
             dropped.append((same[0][0], "repeated by a later fact that says more"))
             kept.remove(same[0])
         kept.append((resolved, says))
-    # The model often leaves out when ("Yesterday I ran my first marathon!" -> "Jack ran his
-    # first marathon."): the one fact of a turn that gives one time gets that time, unless it
-    # already says it resolved ("last year" -> "in 2022", which names no full date).
-    when = turn_time(turn, occurred_at)
-    if (
-        len(kept) == 1
-        and when is not None
-        and when.casefold() not in kept[0][0].casefold()
-        and not gives_time(kept[0][0], occurred_at)
-    ):
-        kept = [(_with_time(kept[0][0], when), kept[0][1])]
+    kept = _timed(kept, turn, speaker, occurred_at)
     facts = []
     for resolved, _ in kept:
         # A fact that dates itself ("... on 2 December 2026") needs no date of mention.
         at = None if has_date(resolved) else occurred_at
         facts.append(Fact(anchor_fact(resolved, speaker, at), speaker, occurred_at))
     return facts, dropped
+
+
+def _timed(
+    kept: list[tuple[str, frozenset[str]]], turn: str, speaker: str, occurred_at: datetime | None
+) -> list[tuple[str, frozenset[str]]]:
+    """The model often leaves out when ("Yesterday I ran my first marathon!" -> "Jack ran his
+    first marathon."). When the turn gives one time, in one of its sentences, a fact gets it
+    if it is the turn's only fact or says more of that sentence than of any other (all of
+    the turn's facts, when that sentence is the whole turn); not when it already says when,
+    resolved or not ("last year" -> "in 2022", which names no full date)."""
+    when = turn_time(turn, occurred_at)
+    if when is None:
+        return kept
+    split = sentences(turn)
+    parts = [content_stems(part, speaker) for part in split]
+    timed = [i for i, part in enumerate(split) if turn_time(part, occurred_at)]
+
+    def about_the_time(says: frozenset[str]) -> bool:
+        if len(kept) == 1:
+            return True
+        shared = [len(says & part) for part in parts]
+        others = [n for i, n in enumerate(shared) if i not in timed]
+        return len(timed) == 1 and shared[timed[0]] > max(others, default=0)
+
+    return [
+        (_with_time(text, when), says)
+        if when.casefold() not in text.casefold()
+        and not gives_time(text, occurred_at)
+        and about_the_time(says)
+        else (text, says)
+        for text, says in kept
+    ]
 
 
 def _with_time(text: str, when: str) -> str:

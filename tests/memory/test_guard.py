@@ -206,12 +206,37 @@ class TestTurnTime:
             "On 3 December 2026, Mel said she painted the lake sunrise in 2025."
         ]
 
-    def test_with_several_facts_or_times_nothing_is_guessed(self) -> None:
-        turn = "Yesterday I ran a marathon. I love running."
-        facts, _ = checked_facts(["Jack ran a marathon.", "Jack loves running."], turn, "Jack", AT)
+    def test_every_fact_of_a_one_sentence_turn_gets_its_time(self) -> None:
+        turn = "Yesterday I ran my first marathon!"
+        texts = ["Jack said he ran his first marathon.", "Jack started his first marathon."]
+        facts, _ = checked_facts(texts, turn, "Jack", AT)
+        assert [f.text for f in facts] == [
+            "Jack said he ran his first marathon on 2 December 2026.",
+            "Jack started his first marathon on 2 December 2026.",
+        ]
+
+    @pytest.mark.parametrize(
+        ("turn", "other"),
+        [
+            ("Yesterday I ran a marathon. I love running.", "Jack loves running."),
+            ("I love pizza. Yesterday I ran a marathon.", "Jack loves pizza."),
+        ],
+    )
+    def test_of_several_facts_the_one_about_the_timed_sentence_gets_the_time(
+        self, turn: str, other: str
+    ) -> None:
+        facts, _ = checked_facts(["Jack ran a marathon.", other], turn, "Jack", AT)
+        assert [f.text for f in facts] == [
+            "Jack ran a marathon on 2 December 2026.",
+            f"On 3 December 2026, {other}",
+        ]
+
+    def test_with_several_times_nothing_is_guessed(self) -> None:
+        turn = "I ran a marathon yesterday. Tomorrow I run again."
+        facts, _ = checked_facts(["Jack ran a marathon.", "Jack runs again."], turn, "Jack", AT)
         assert [f.text for f in facts] == [
             "On 3 December 2026, Jack ran a marathon.",
-            "On 3 December 2026, Jack loves running.",
+            "On 3 December 2026, Jack runs again.",
         ]
         assert turn_time("I ran yesterday and I fly tomorrow.", AT) is None
         assert turn_time("I ran yesterday. Yesterday was fun.", AT) == "on 2 December 2026"
