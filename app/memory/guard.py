@@ -8,7 +8,8 @@ is kept or a Manager text is applied, each of its sentences is checked against i
   model went on as if closing its prompt's tags or the JSON, and what follows is not a memory;
 - a sentence said before in the same text is dropped (so is the cut-off start of one), as is
   one that repeats a run of words of an earlier one, one that repeats a word over and over
-  (the shape of a model that lost its way), and one that says nothing but a name or a date;
+  (the shape of a model that lost its way), one that says nothing but a name or a date, and a
+  question (copied from the turn: "Anything you're excited about?");
   words said twice in a row ("in June 2023 in June 2023") are said once;
 - a sentence is unsupported, and dropped, when it names someone or something (a capitalised
   word past the sentence start), gives a number or a time word ("yesterday", "last week") that
@@ -268,7 +269,11 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             dropped.append((sentence, repeated))
             continue
         seen.add(key)
-        reason = _unsupported(sentence, known, allowed) or _empty(sentence, allowed)
+        reason = (
+            "a question, which states nothing"
+            if sentence.endswith("?")
+            else _unsupported(sentence, known, allowed) or _empty(sentence, allowed)
+        )
         if reason is not None:
             dropped.append((sentence, reason))
             continue

@@ -50,6 +50,15 @@ class TestCheck:
         two = "Ann adopted a dog named Rex. Later Ann adopted a dog named Max."
         assert kept(two, "I adopted a dog named Rex, and later a dog named Max.") == two
 
+    def test_a_question_copied_from_the_turn_is_dropped(self) -> None:
+        turn = "Loving the inclusivity and support. Anything you're excited for in the process?"
+        text = "Mel loved the inclusivity and support. Anything you're excited for in the process?"
+        checked = check(text, [turn], "Mel", AT)
+        assert checked.text == "Mel loved the inclusivity and support."
+        assert checked.dropped == [
+            ("Anything you're excited for in the process?", "a question, which states nothing")
+        ]
+
     def test_a_number_the_turn_does_not_give_is_invented(self) -> None:
         turn = "I moved from Boston to Seattle last month for a new job at Amazon."
         checked = check("I moved to Seattle. I'm a 2026-2027 employee.", [turn], "Alice", AT)
