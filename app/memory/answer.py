@@ -5,16 +5,20 @@ on (by key) before it answers, and the answer is short because the reward is exa
 against short gold answers.
 """
 
+import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import drop_repeats
-from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages
+from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages, format_date
 from app.memory.schemas import MemoryView, rekey
 
 PER_SPEAKER = 30
+# A machine timestamp ("2023-05-08", "2023-05-08 23:30:52", "2023-05-08T23:30:52Z").
+_TIMESTAMP = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{1,2}:\d{2}(?::\d{2})?Z?)?\b")
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,9 @@ def parse_answer(
     """``(selected, answer, error)`` from an Answer Agent output.
 
     Keys that name no shown memory are dropped, as are repeats, and so are sentences of the
-    answer said before in it ("I am heartbroken. I am heartbroken. I"); a blank answer is an
-    error."""
+    answer said before in it ("I am heartbroken. I am heartbroken. I"); a timestamp is written
+    as the memories write dates ("2023-05-08 23:30:52" -> "8 May 2023": memories are dated by
+    the day, so its time of day is the model's own); a blank answer is an error."""
     if (
         not isinstance(parsed, dict)
         or not isinstance(parsed.get("selected"), list)
@@ -44,10 +49,17 @@ def parse_answer(
     for key in parsed["selected"]:
         if isinstance(key, str) and key in by_key and by_key[key] not in selected:
             selected.append(by_key[key])
-    answer = drop_repeats(parsed["answer"])
+    answer = drop_repeats(_TIMESTAMP.sub(_as_date, parsed["answer"]))
     if not answer:
         return selected, None, "empty answer"
     return selected, answer, None
+
+
+def _as_date(match: re.Match[str]) -> str:
+    try:
+        return format_date(datetime(int(match[1]), int(match[2]), int(match[3])))
+    except ValueError:  # not a calendar date: left as written
+        return match[0]
 
 
 async def answer_question(

@@ -30,6 +30,22 @@ class TestParseAnswer:
         assert answer == "7 May 2023"
         assert error is None
 
+    @pytest.mark.parametrize(
+        ("written", "expected"),
+        [
+            ("2023-05-08 23:30:52", "8 May 2023"),
+            ("On 2023-05-08T23:30:52Z.", "On 8 May 2023."),
+            ("2023-05-08", "8 May 2023"),
+            ("2023-13-45", "2023-13-45"),
+            ("at 10:30 on 8 May 2023", "at 10:30 on 8 May 2023"),
+        ],
+    )
+    def test_a_timestamp_is_written_as_the_memories_write_dates(
+        self, written: str, expected: str
+    ) -> None:
+        _, answer, _ = parse_answer({"selected": [], "answer": written}, memories(1))
+        assert answer == expected
+
     def test_nothing_selected_is_allowed(self) -> None:
         assert parse_answer({"selected": [], "answer": "Single"}, memories(2)) == (
             [],
