@@ -181,15 +181,15 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
         ahead: _Ahead | None = None
         try:
             while result["processed_turns"] < len(turns):
-                if not result["window"]:
-                    if ahead is None:
-                        start = result["processed_turns"]
-                        ahead = _Ahead.start(runtime, context, turns[start : start + size])
-                    result = await _store_window(runtime, context, ahead, result)
-                    ahead = None
+                # The turns after the stored window: extracted while its facts are decided on.
                 start = result["processed_turns"] + len(result["window"])
                 if ahead is None and start < len(turns):
                     ahead = _Ahead.start(runtime, context, turns[start : start + size])
+                if not result["window"]:
+                    assert ahead is not None  # the window is empty, so its turns are ahead
+                    result = await _store_window(runtime, context, ahead, result)
+                    ahead = None
+                    continue
                 turn = by_id[result["window"][0]["turn_id"]]
                 facts = [fact_from_json(f) for f in result["window"][0]["facts"]]
                 for fact in facts[result["facts_done"] :]:
