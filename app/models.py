@@ -253,6 +253,7 @@ class IngestionJob(Base):
     )
     turn_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
     manager_adapter: Mapped[str] = mapped_column(String(64), default="active")
+    extractor_adapter: Mapped[str] = mapped_column(String(64), default="active")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)

@@ -127,6 +127,7 @@ async def run_scenario(
             "user_id": user,
             "turns": [{"speaker": scenario["speaker"], "text": text, "occurred_at": at}],
             "manager_adapter": adapters,
+            "extractor_adapter": adapters,
         }
         response = await client.post(
             f"/sessions/{user}/turns?wait=true", json=body, headers=headers

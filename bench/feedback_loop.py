@@ -102,7 +102,13 @@ async def production(
 ) -> dict[str, Any]:
     """Ingest the conversation with the serving agents, ask its questions, post the gold
     answers as feedback; what was asked and answered."""
-    service = ServiceTarget("production", client, manager_adapter="active", answer_adapter="active")
+    service = ServiceTarget(
+        "production",
+        client,
+        manager_adapter="active",
+        answer_adapter="active",
+        extractor_adapter="active",
+    )
     user = f"{conversation.sample_id}-production"
     print(
         f"ingesting {conversation.sample_id}: {len(conversation.sessions)} sessions, "
@@ -176,7 +182,13 @@ async def evaluate(
     summary, and the gain question by question."""
     targets = [
         ServiceTarget("base", client, manager_adapter="base", answer_adapter="base"),
-        ServiceTarget("trained", client, manager_adapter="active", answer_adapter="active"),
+        ServiceTarget(
+            "trained",
+            client,
+            manager_adapter="active",
+            answer_adapter="active",
+            extractor_adapter="active",
+        ),
     ]
     out_dir = args.out / "feedback_loop"
     shutil.rmtree(out_dir, ignore_errors=True)  # a rerun would resume from banks now gone

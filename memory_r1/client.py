@@ -170,11 +170,13 @@ class _Calls:
         turns: list[Turn],
         wait: bool,
         manager_adapter: str,
+        extractor_adapter: str,
     ) -> _Call[TurnsAccepted]:
         body = {
             "user_id": user_id,
             "turns": [t.model_dump(mode="json", exclude_none=True) for t in turns],
             "manager_adapter": manager_adapter,
+            "extractor_adapter": extractor_adapter,
         }
         params = {"wait": "true"} if wait else {}
         return _Call("POST", f"/sessions/{session_id}/turns", _model(TurnsAccepted), params, body)
@@ -421,9 +423,13 @@ class Client:
         *,
         wait: bool = False,
         manager_adapter: str = "active",
+        extractor_adapter: str = "active",
     ) -> TurnsAccepted:
         """Store turns (committed first) and ingest them: in a worker, or inline with wait."""
-        return self._send(_Calls.add_turns(session_id, user_id, turns, wait, manager_adapter))
+        call = _Calls.add_turns(
+            session_id, user_id, turns, wait, manager_adapter, extractor_adapter
+        )
+        return self._send(call)
 
     def list_turns(self, session_id: str, *, after_seq: int = -1, limit: int = 100) -> TurnPage:
         return self._send(_Calls.list_turns(session_id, after_seq, limit))
@@ -606,8 +612,12 @@ class AsyncClient:
         *,
         wait: bool = False,
         manager_adapter: str = "active",
+        extractor_adapter: str = "active",
     ) -> TurnsAccepted:
-        return await self._send(_Calls.add_turns(session_id, user_id, turns, wait, manager_adapter))
+        call = _Calls.add_turns(
+            session_id, user_id, turns, wait, manager_adapter, extractor_adapter
+        )
+        return await self._send(call)
 
     async def list_turns(
         self, session_id: str, *, after_seq: int = -1, limit: int = 100

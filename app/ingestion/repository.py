@@ -17,6 +17,7 @@ async def create_job(
     session_id: uuid.UUID,
     turn_ids: list[uuid.UUID],
     manager_adapter: str,
+    extractor_adapter: str = "active",
 ) -> IngestionJob:
     job = IngestionJob(
         tenant_id=tenant_id,
@@ -24,6 +25,7 @@ async def create_job(
         session_id=session_id,
         turn_ids=turn_ids,
         manager_adapter=manager_adapter,
+        extractor_adapter=extractor_adapter,
         status=JobStatus.queued,
         attempts=0,
         # The clock, not the transaction's start: a user's jobs run in this order, and two

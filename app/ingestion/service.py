@@ -164,7 +164,9 @@ async def _run(runtime: Runtime, job: IngestionJob, turns: Sequence[Turn]) -> In
     try:
         context = _Context(
             job=job,
-            extractor=await adapters.resolve(runtime, job.tenant_id, Agent.extractor, "active"),
+            extractor=await adapters.resolve(
+                runtime, job.tenant_id, Agent.extractor, job.extractor_adapter
+            ),
             manager=await adapters.resolve(
                 runtime, job.tenant_id, Agent.manager, job.manager_adapter
             ),

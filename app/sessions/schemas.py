@@ -4,7 +4,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import ExternalIdField, ManagerChoice, NonEmptyText, UtcDatetime
+from app.core.schemas import (
+    AdapterChoice,
+    ExternalIdField,
+    ManagerChoice,
+    NonEmptyText,
+    UtcDatetime,
+)
 
 
 class TurnIn(BaseModel):
@@ -19,6 +25,7 @@ class TurnsCreate(BaseModel):
     user_id: ExternalIdField
     turns: list[TurnIn] = Field(min_length=1)
     manager_adapter: ManagerChoice = "active"
+    extractor_adapter: AdapterChoice = "active"
 
 
 class TurnsAccepted(BaseModel):

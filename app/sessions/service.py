@@ -71,6 +71,7 @@ async def accept_turns(
             session_id=chat.id,
             turn_ids=turn_ids,
             manager_adapter=body.manager_adapter,
+            extractor_adapter=body.extractor_adapter,
         )
     return StoredTurns(turn_ids=turn_ids, job_id=job.id)
 
@@ -96,6 +97,7 @@ async def post_turns(
     runtime: Runtime, tenant_id: uuid.UUID, session_external_id: str, body: TurnsCreate, wait: bool
 ) -> TurnsAccepted:
     await adapters.check_choice(runtime, tenant_id, Agent.manager, body.manager_adapter)
+    await adapters.check_choice(runtime, tenant_id, Agent.extractor, body.extractor_adapter)
     stored = await accept_turns(runtime, tenant_id, session_external_id, body)
     job = None
     if wait:

@@ -109,6 +109,43 @@ class TestActivate:
         )
         assert base.json()["adapter"] is None
 
+    async def test_ingestion_extracts_with_the_chosen_extractor_adapter(
+        self, client, runtime, fake_llm, tenant_a, tmp_path
+    ):
+        extractor = await register(
+            runtime,
+            tenant_a.tenant_id,
+            f"extractor-{uuid.uuid4().hex[:6]}",
+            adapter_dir(tmp_path, "extractor"),
+            agent="extractor",
+        )
+        await client.post(f"/admin/adapters/{extractor.id}/activate", headers=tenant_a.admin)
+        used = []
+        for choice in ("active", "base", str(extractor.id)):
+            fake_llm.push({"facts": []})
+            response = await client.post(
+                f"/sessions/s-{choice}/turns?wait=true",
+                json={
+                    "user_id": "u1",
+                    "turns": [{"speaker": "Ann", "text": "I like tea."}],
+                    "extractor_adapter": choice,
+                },
+                headers=tenant_a.memory,
+            )
+            assert response.status_code == 200, response.text
+            used.append(fake_llm.calls[-1].adapter)
+        assert used == [extractor.name, None, extractor.name]
+        unknown = await client.post(
+            "/sessions/s2/turns",
+            json={
+                "user_id": "u1",
+                "turns": [{"speaker": "Ann", "text": "I like tea."}],
+                "extractor_adapter": str(uuid.uuid4()),
+            },
+            headers=tenant_a.memory,
+        )
+        assert unknown.status_code == 404
+
     async def test_other_tenant_cannot_activate(self, client, runtime, tenant_b, two_adapters):
         first, _ = two_adapters
         response = await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_b.admin)

@@ -77,6 +77,11 @@ class TestPostTurns:
                 "turns.0.occurred_at",
             ),
             ("s1", {**turns_body("alice", "hi"), "manager_adapter": "latest"}, "manager_adapter"),
+            (
+                "s1",
+                {**turns_body("alice", "hi"), "extractor_adapter": "add-only"},
+                "extractor_adapter",
+            ),
             ("-s1", turns_body("alice", "hi"), "session_id"),
         ],
     )

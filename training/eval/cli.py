@@ -108,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="Trained Memory Manager adapter id, or 'active' (trained-both).",
     )
+    run.add_argument(
+        "--extractor-adapter",
+        default="active",
+        metavar="ID",
+        help="Trained fact extractor adapter id, or 'active' (default: the tenant's own "
+        "active adapter, else the shipped default) (trained-both; the other service rows use "
+        "the base extractor).",
+    )
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="Memories retrieved (<=60).")
     run.add_argument(
         "--context-tokens",
@@ -191,6 +199,7 @@ def build_targets(
     embedder: Embedder | None,
     answer_adapter: str | None,
     manager_adapter: str | None,
+    extractor_adapter: str = "active",
     top_k: int = DEFAULT_TOP_K,
     context_tokens: int = 8192,
 ) -> list[Target]:
@@ -224,9 +233,15 @@ def build_targets(
                     if name == "trained-both"
                     else "base"
                 )
+                extractor = extractor_adapter if name == "trained-both" else "base"
                 targets.append(
                     ServiceTarget(
-                        name, http, manager_adapter=manager, answer_adapter=answer, top_k=top_k
+                        name,
+                        http,
+                        manager_adapter=manager,
+                        answer_adapter=answer,
+                        extractor_adapter=extractor,
+                        top_k=top_k,
                     )
                 )
             case _:
@@ -281,6 +296,7 @@ async def run_from_args(
             embedder=embedder,
             answer_adapter=args.answer_adapter,
             manager_adapter=args.manager_adapter,
+            extractor_adapter=args.extractor_adapter,
             top_k=args.top_k,
             context_tokens=args.context_tokens,
         )

@@ -128,9 +128,10 @@ def service_client(
 
 
 class ServiceTarget:
-    """The service, configured by which Manager and Answer Agent adapters it uses.
+    """The service, configured by which extractor, Manager and Answer Agent adapters it uses.
 
-    Adapters are ``"base"``, ``"active"`` or an adapter id."""
+    Adapters are ``"base"``, ``"active"`` or an adapter id. Targets with the same extractor
+    and Manager write the same bank, which is built once."""
 
     def __init__(
         self,
@@ -139,15 +140,17 @@ class ServiceTarget:
         *,
         manager_adapter: str,
         answer_adapter: str,
+        extractor_adapter: str = "base",
         top_k: int = DEFAULT_TOP_K,
         ask_retries: int = 2,
         retry_backoff_s: float = 2.0,
     ) -> None:
         self.name = name
-        self.bank_key = f"service-manager-{manager_adapter}"
+        self.bank_key = f"service-extractor-{extractor_adapter}-manager-{manager_adapter}"
         self._client = client
         self.manager_adapter = manager_adapter
         self.answer_adapter = answer_adapter
+        self.extractor_adapter = extractor_adapter
         self.top_k = top_k
         self._ask_retries = ask_retries
         self._backoff_s = retry_backoff_s
@@ -155,6 +158,7 @@ class ServiceTarget:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "service",
+            "extractor_adapter": self.extractor_adapter,
             "manager_adapter": self.manager_adapter,
             "answer_adapter": self.answer_adapter,
             "top_k": self.top_k,
@@ -174,6 +178,7 @@ class ServiceTarget:
                     "user_id": user_id,
                     "turns": turns[start : start + MAX_TURNS_PER_REQUEST],
                     "manager_adapter": self.manager_adapter,
+                    "extractor_adapter": self.extractor_adapter,
                 }
                 reply = await self._post(
                     f"/sessions/{user_id}-s{session.index}/turns", body, params={"wait": "true"}

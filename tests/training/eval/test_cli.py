@@ -29,7 +29,7 @@ class FakeService:
 
     def __init__(self) -> None:
         self.turns: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.ingest_adapters: set[str] = set()
+        self.ingest_adapters: set[tuple[str, str]] = set()  # (extractor, manager)
         self.asks: list[dict[str, Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -55,7 +55,7 @@ class FakeService:
         path = scope["path"]
         if path.endswith("/turns") and scope["query_string"] == b"wait=true":
             self.turns[payload["user_id"]].extend(payload["turns"])
-            self.ingest_adapters.add(payload["manager_adapter"])
+            self.ingest_adapters.add((payload["extractor_adapter"], payload["manager_adapter"]))
             ops = [{"op": "ADD"}] * len(payload["turns"])
             return 200, {
                 "turn_ids": [],
@@ -198,6 +198,7 @@ async def test_a_whole_run_in_process(tmp_path: Path) -> None:
     assert summary["seed"] == 7 and summary["conversations"] == ["conv-30"]
     assert summary["configs"]["trained-both"]["target"] == {
         "kind": "service",
+        "extractor_adapter": "active",
         "manager_adapter": "manager-ad",
         "answer_adapter": "answer-ad",
         "top_k": 60,
@@ -209,10 +210,15 @@ async def test_a_whole_run_in_process(tmp_path: Path) -> None:
     assert "context truncated to the last" in note
 
     # base and trained-answer share the base manager's bank: three banks, each one ingestion;
-    # add-only asks no Manager and answers with the base model
+    # add-only asks no Manager and answers with the base model; only trained-both extracts
+    # with the trained extractor
     assert len(service.turns) == 3
     assert all(len(turns) == 369 for turns in service.turns.values())
-    assert service.ingest_adapters == {"add-only", "base", "manager-ad"}
+    assert service.ingest_adapters == {
+        ("base", "add-only"),
+        ("base", "base"),
+        ("active", "manager-ad"),
+    }
     assert [a["answer_adapter"] for a in service.asks] == ["base"] * 6 + ["answer-ad"] * 6
     assert (out / "results.md").exists() and (out / "chart.png").exists()
 

@@ -202,7 +202,7 @@ class TestServiceTarget:
             "42",
         )
         assert reply.selected[0].text == "Ann has a dog named Max"
-        assert target.bank_key == "service-manager-ad-3"
+        assert target.bank_key == "service-extractor-base-manager-ad-3"
         assert target.describe()["answer_adapter"] == "ad-7"
 
     async def test_server_errors_are_retried_then_reported(self) -> None:
