@@ -37,7 +37,8 @@ from app.llm.bundled import ensure_bundled_model
 from bench.common import OUT_DIR, Target, print_targets, write_json
 from training.config import GRPOJobConfig
 from training.datasets import Retriever, answer_rows_from_locomo, load_encoder
-from training.grpo import run_grpo
+from training.grpo import TrainResult, run_grpo
+from training.sft import run_sft
 from training.validate import evaluate_adapter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo"
@@ -195,15 +196,29 @@ _CARD_SETTINGS = (
     "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
     "max_completion_length", "beta", "temperature", "seed",
 )  # fmt: skip
+# What a supervised run's card lists (training/sft.py uses no GRPO setting).
+SFT_CARD_SETTINGS = (
+    "lora_r", "lora_alpha", "target_modules", "learning_rate", "per_device_train_batch_size",
+    "seed",
+)  # fmt: skip
 
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def ship(name: str, payload: dict[str, Any], config: GRPOJobConfig, adapter_dir: Path) -> Path:
+def ship(
+    name: str,
+    payload: dict[str, Any],
+    config: GRPOJobConfig,
+    adapter_dir: Path,
+    card_fields: dict[str, Any] | None = None,
+    settings: tuple[str, ...] = _CARD_SETTINGS,
+) -> Path:
     """Copy a trained adapter into the shipped defaults with its card: data, steps,
-    settings, metrics and the command that makes it again."""
+    settings, metrics and the command that makes it again. ``card_fields`` replace the GRPO
+    benchmarks' entries and must then hold the metrics; ``settings`` names the config fields
+    listed."""
     target = DEFAULTS_DIR / config.agent
     if target.exists():
         shutil.rmtree(target)
@@ -232,13 +247,14 @@ def ship(name: str, payload: dict[str, Any], config: GRPOJobConfig, adapter_dir:
         "validation": f"bench.{name}: {config.agent} agent alone, conv-30's questions",
         "steps": steps,
         "train_seconds": payload["train"]["metrics"]["train_seconds"],
-        "settings": {key: _plain(getattr(config, key)) for key in _CARD_SETTINGS},
-        "metrics": {k: payload["after"][k] for k in ("f1", "bleu1", "em", "unusable", "rows")},
-        "base_metrics": {
-            k: payload["before"][k] for k in ("f1", "bleu1", "em", "unusable", "rows")
-        },
+        "settings": {key: _plain(getattr(config, key)) for key in settings},
         "trained_at": datetime.now(UTC).date().isoformat(),
     }
+    if card_fields is None:
+        answer_metrics = ("f1", "bleu1", "em", "unusable", "rows")
+        card["metrics"] = {k: payload["after"][k] for k in answer_metrics}
+        card["base_metrics"] = {k: payload["before"][k] for k in answer_metrics}
+    card.update(card_fields or {})
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return target
 
@@ -279,6 +295,51 @@ def plot(
     curve.set_title("training reward")
     curve.legend()
     fig.suptitle(f"{name}: GRPO + LoRA on SmolLM2-135M (CPU)")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def train_sft(name: str, config: GRPOJobConfig, rows: list[Row], minutes: float) -> TrainResult:
+    """SFT for at most ``minutes``, each step printed as it ends."""
+    deadline = time.monotonic() + minutes * 60
+    print(f"[{name}] SFT on {len(rows)} rows, {config.max_steps} steps", flush=True)
+    result = run_sft(
+        config,
+        rows,
+        progress=_print_progress,
+        should_stop=lambda: time.monotonic() > deadline,
+    )
+    print(f"[{name}] trained: {result.metrics}", flush=True)
+    return result
+
+
+def plot_sft(
+    name: str,
+    labels: list[str],
+    sides: dict[str, list[float]],
+    history: list[dict[str, Any]],
+    title: str,
+    out_dir: Path,
+) -> Path:
+    """Base and adapter side by side on ``labels`` (``sides``: label -> values), and the
+    training loss of a supervised run."""
+    fig = Figure(figsize=(11, 4))
+    bars, curve = fig.subplots(1, 2)
+    xs = range(len(labels))
+    width = 0.8 / len(sides)
+    for i, (side, values) in enumerate(sides.items()):
+        offset = (i - (len(sides) - 1) / 2) * width
+        bars.bar([x + offset for x in xs], values, width, label=side)
+    bars.set_xticks(list(xs), labels)
+    bars.set_title(title)
+    bars.legend()
+    curve.plot([h["step"] for h in history], [h["loss"] for h in history], ".-")
+    curve.set_xlabel("optimizer step")
+    curve.set_title("training loss (completion tokens)")
+    fig.suptitle(f"{name}: SFT + LoRA on SmolLM2-135M (CPU)")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
-AGENTS = ("answer", "manager")
+AGENTS = ("answer", "manager", "extractor")  # GRPO: the first two; SFT: any
 REWARDS = ("em", "f1")
 
 # Upper bounds of the numeric parameters: far above anything useful, low enough that no request
@@ -46,7 +46,10 @@ class GRPOJobConfig:
     """
 
     agent: str = field(
-        metadata={"help": "Which agent to train: 'answer' (Answer Agent) or 'manager'."}
+        metadata={
+            "help": "Which agent to train: 'answer' (Answer Agent) or 'manager'; 'extractor' "
+            "with supervised fine-tuning only (training/sft.py)."
+        }
     )
     output_dir: Path = field(
         metadata={"help": "Directory the trained LoRA adapter is written to (save_pretrained)."}

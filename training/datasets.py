@@ -6,12 +6,14 @@ sees exactly the prompts it will be served; the other columns are what the rewar
 
 Answer row: ``prompt, question, gold, category, memory_keys, rating, logged_answer``.
 Manager row: ``prompt, fact, candidates, bank, speakers, question, gold, category``.
+Extractor row: ``prompt, turn, speaker, occurred_at, facts, completion`` (supervised).
 
 Memory banks for LoCoMo come from the per-session ``observation`` facts of the file (with the
 session date written into each text, as the extractor writes it), so building rows needs no
 model run over the hundreds of turns of a conversation.
 """
 
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +25,15 @@ import numpy as np
 
 from app.episodes.views import fact_from_json, fact_json
 from app.memory.answer import split_per_speaker
-from app.memory.prompts import answer_messages, format_date, manager_messages, mentions
+from app.memory.guard import check
+from app.memory.prompts import (
+    DEFAULT_MAX_FACTS,
+    answer_messages,
+    extraction_messages,
+    format_date,
+    manager_messages,
+    mentions,
+)
 from app.memory.schemas import Fact, MemoryView, rekey
 from training.eval.loaders import DEFAULT_CATEGORIES, QA, Conversation, load_locomo
 
@@ -289,6 +299,65 @@ def manager_rows_from_locomo(
                 )
             )
     return rows
+
+
+def _fit(fact: str, speaker: str) -> bool:
+    """Whether a LoCoMo observation, written as a fact, is one to teach: not one about someone
+    else than the turn's speaker (a few are filed under the wrong one), and not one dated
+    against the session ("the day before the conversation"): the extractor keeps the turn's
+    own time words, which the guard resolves to dates."""
+    return f"{speaker}: " not in fact and "conversation" not in fact.casefold()
+
+
+def extractor_rows_from_locomo(
+    path: Path | str, *, max_facts: int = DEFAULT_MAX_FACTS, empty_share: float = 0.4
+) -> list[Row]:
+    """One supervised row per turn: the extraction prompt, and as its expected reply the
+    turn's observations, written as the extractor writes facts ("On <date>, <speaker> ...").
+
+    A turn is left out when one of its observations rests on other turns too, says what the
+    turn does not (the guard that checks served facts would drop it: "recently" for
+    "yesterday", a motive the speaker never gave) or is not one to teach (``_fit``), so no
+    row teaches any of these. Turns without
+    observations teach an empty list; they are most of a conversation, and are kept up to
+    ``empty_share`` of the rows, spread over the dialogue. Rows are in dialogue order."""
+    rows: list[Row] = []
+    for conv in load_locomo(path):
+        said: dict[str, list[str]] = {}
+        mixed: set[str] = set()
+        for session in conv.sessions:
+            for obs in session.observations:
+                evidence = dia_ids(obs.evidence)
+                for dia_id in evidence:
+                    said.setdefault(dia_id, []).append(obs.text)
+                if len(evidence) > 1:
+                    mixed.update(evidence)
+        for session in conv.sessions:
+            for turn in session.turns:
+                at = session.occurred_at
+                facts = [_explicit(t, turn.speaker, at) for t in said.get(turn.dia_id, [])]
+                if (
+                    turn.dia_id in mixed
+                    or len(facts) > max_facts
+                    or not all(_fit(f, turn.speaker) for f in facts)
+                ):
+                    continue
+                if any(check(f, [turn.text], turn.speaker, at).text is None for f in facts):
+                    continue
+                row = {
+                    "prompt": extraction_messages(turn.speaker, turn.text, at, max_facts),
+                    "turn": turn.text,
+                    "speaker": turn.speaker,
+                    "occurred_at": at.isoformat(),
+                    "facts": facts,
+                    "completion": json.dumps({"facts": facts}),
+                }
+                rows.append(row)
+    with_facts = sum(bool(row["facts"]) for row in rows)
+    keep = int(with_facts * empty_share / (1 - empty_share)) if empty_share < 1 else len(rows)
+    empty = [id(row) for row in rows if not row["facts"]]
+    spread = {empty[i * len(empty) // keep] for i in range(min(keep, len(empty)))}
+    return [row for row in rows if row["facts"] or id(row) in spread]
 
 
 # --- production episodes ------------------------------------------------------------------------

@@ -45,7 +45,11 @@ ShouldStop = Callable[[], bool]
 # Serving decodes under the agent's JSON grammar, which forces these first characters (the
 # schemas fix the property order, xgrammar the separators). Prompts are rendered with them
 # already in place, so the adapter learns in the very token context serving runs it in.
-RESPONSE_PREFIX = {"answer": '{"selected": [', "manager": '{"operations": ['}
+RESPONSE_PREFIX = {
+    "answer": '{"selected": [',
+    "manager": '{"operations": [',
+    "extractor": '{"facts": [',
+}
 SCHEMA = {"answer": ANSWER_SCHEMA, "manager": MANAGER_SCHEMA}
 
 # TRL's log keys -> the names progress reports use.
@@ -59,6 +63,7 @@ _REPORTED = {
     "completions/mean_length": "completion_length",
     "outcome": "outcome",
     "format": "format",
+    "mean_token_accuracy": "token_accuracy",
 }
 
 
@@ -70,19 +75,23 @@ class TrainResult:
     stopped: bool = False  # True when should_stop ended the run early
 
 
-class _Reporter(TrainerCallback):
-    """Turns TRL's per-step logs into progress reports and honours ``should_stop``."""
+class Reporter(TrainerCallback):
+    """Turns TRL's per-step logs into progress reports and honours ``should_stop``. A log
+    without ``step_key`` (GRPO's reward, SFT's loss) is the end-of-training summary."""
 
-    def __init__(self, progress: Progress | None, should_stop: ShouldStop | None) -> None:
+    def __init__(
+        self, progress: Progress | None, should_stop: ShouldStop | None, step_key: str = "reward"
+    ) -> None:
         self.progress = progress
         self.should_stop = should_stop
+        self.step_key = step_key
         self.history: list[dict[str, Any]] = []
         self.stopped = False
         self._started = time.perf_counter()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         logs = logs or {}
-        if "reward" not in logs:  # the end-of-training summary, not a step
+        if self.step_key not in logs:
             return
         report: dict[str, Any] = {"step": state.global_step, "total": state.max_steps}
         report.update({name: logs[key] for key, name in _REPORTED.items() if key in logs})
@@ -139,29 +148,37 @@ def _prompt_tokens(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
     return len(encoded["input_ids"])
 
 
-def trl_config(config: GRPOJobConfig) -> GRPOConfig:
-    """The GRPOConfig of a job. Float32 on a CPU; bf16 and gradient checkpointing on a GPU,
-    where larger models run. Rollouts use transformers generate (see ``GRPOJobConfig``)."""
+def trainer_args(config: GRPOJobConfig) -> dict[str, Any]:
+    """The trainer arguments GRPO and SFT share. Float32 on a CPU; bf16 and gradient
+    checkpointing on a GPU, where larger models run; a constant learning rate, so a run
+    stopped at step N is the run of N steps."""
     cuda = torch.cuda.is_available()
+    return {
+        "output_dir": str(config.output_dir),
+        "learning_rate": config.learning_rate,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "seed": config.seed,
+        "use_cpu": not cuda,
+        "bf16": training_dtype() is torch.bfloat16,
+        "gradient_checkpointing": cuda,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "lr_scheduler_type": "constant",
+        "dataloader_num_workers": 0,
+    }
+
+
+def trl_config(config: GRPOJobConfig) -> GRPOConfig:
+    """The GRPOConfig of a job. Rollouts use transformers generate (see ``GRPOJobConfig``)."""
     return GRPOConfig(
-        output_dir=str(config.output_dir),
-        learning_rate=config.learning_rate,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        **trainer_args(config),
         num_generations=config.num_generations,
         max_completion_length=config.max_completion_length,
         beta=config.beta,
         temperature=config.temperature,
-        seed=config.seed,
-        use_cpu=not cuda,
-        bf16=training_dtype() is torch.bfloat16,
-        gradient_checkpointing=cuda,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        lr_scheduler_type="constant",
-        dataloader_num_workers=0,
     )
 
 
@@ -183,6 +200,11 @@ def run_grpo(
     Manager rows need a ``retriever``; the bundled MiniLM is loaded when none is given. The
     Manager's frozen Answer Agent is the base model served as ``serving`` (default: this
     process's settings) configures serving."""
+    if config.agent not in SCHEMA:
+        raise ValueError(
+            f"GRPO trains the {' and the '.join(SCHEMA)} agents; {config.agent} is trained with "
+            "SFT (training/sft.py)"
+        )
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_base_model(config.base_model_dir)
@@ -191,7 +213,7 @@ def run_grpo(
     rows = select_rows(train_rows, config, tokenizer)
     if not rows:
         raise ValueError("no training rows fit max_prompt_length; raise it or shorten prompts")
-    reporter = _Reporter(progress, should_stop)
+    reporter = Reporter(progress, should_stop)
     reward, close = _reward(config, retriever, serving or get_settings().llm)
     try:
         with warnings.catch_warnings():
@@ -205,7 +227,7 @@ def run_grpo(
                 train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
                 processing_class=tokenizer,
                 callbacks=[reporter],
-                peft_config=_lora(config),
+                peft_config=lora_config(config),
                 rollout_func=constrained_rollout(config.agent) if config.constrained else None,
             )
         trainer.train()
@@ -275,7 +297,7 @@ def _through_stop(tokens: list[int], stop_ids: list[int]) -> list[int]:
     return tokens[: end + 1]
 
 
-def _lora(config: GRPOJobConfig) -> LoraConfig:
+def lora_config(config: GRPOJobConfig) -> LoraConfig:
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

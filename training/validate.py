@@ -10,6 +10,11 @@ Answer rows: the Answer Agent answers each row's prompt; F1 / BLEU-1 / EM agains
 answer. Manager rows: the Manager (with the adapter) decides on the row's fact, its operations
 are applied to the row's bank, and the frozen base Answer Agent answers the row's question
 from the memories retrieved from that bank; the metrics score that answer (the paper's outcome).
+Rows that say which operations they call for (``expected_ops``, as generated rows do) are also
+counted as decided right or not.
+
+Extractor rows (``evaluate_extractor``): the extractor, guard included, reads each turn; its kept
+facts are compared with the turn's LoCoMo observations by token F1.
 """
 
 import asyncio
@@ -17,6 +22,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +34,12 @@ from app.llm.bundled import serving_dir
 from app.llm.factory import openai_backend
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
+from app.memory.extractor import extract_facts
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
 from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, MANAGER_MAX_TOKENS, MANAGER_SCHEMA
 from app.memory.schemas import MemoryView
 from training.datasets import Retriever, load_encoder, memory_from_dict
-from training.eval.metrics import AnswerScores, score_answer
+from training.eval.metrics import AnswerScores, score_answer, token_f1
 
 MAX_LORA_RANK = 256
 
@@ -137,6 +144,13 @@ async def _evaluate(
     report = summarise([answer for answer, _ in outputs], rows)
     if agent == "manager":
         report["operations"] = dict(sum((Counter(info["ops"]) for _, info in outputs), Counter()))
+        pairs = zip(rows, outputs, strict=True)
+        expected = [(row["expected_ops"], info["ops"]) for row, (_, info) in pairs
+                    if "expected_ops" in row]  # fmt: skip
+        if expected:
+            # Generated rows know the decision they call for: the share decided so.
+            right = sum(sorted(want) == sorted(got) for want, got in expected)
+            report["decisions_right"] = right / len(expected)
     report.update(
         agent=agent,
         adapter=str(adapter_dir) if adapter_dir is not None else None,
@@ -208,6 +222,63 @@ async def _manager_row(
     # The frozen Answer Agent: the base model, whatever adapter the Manager runs with.
     result = await answer_question(llm, row["question"], memories)
     return result.answer, {"ops": ops}
+
+
+def evaluate_extractor(
+    adapter_dir: Path | None,
+    rows: Sequence[Row],
+    *,
+    base_model_dir: Path,
+    llm: LLMSettings | None = None,
+    max_batch_size: int = 8,
+) -> dict[str, Any]:
+    """How the extractor (with the adapter at ``adapter_dir``; None: the base model) does on
+    extractor rows, served as ``llm`` configures serving: ``recall`` (mean over the rows'
+    observations of the best token F1 of a kept fact), ``precision`` (mean over kept facts
+    of the best F1 against the turn's observations; 0 for a fact of a turn without any),
+    ``empty_right`` (share of turns without observations that kept no fact) and
+    ``facts_per_turn``."""
+    backend = open_backend(llm or get_settings().llm, base_model_dir, max_batch_size)
+    return asyncio.run(_evaluate_extractor(adapter_dir, rows, backend))
+
+
+async def _evaluate_extractor(
+    adapter_dir: Path | None, rows: Sequence[Row], llm: LLMBackend
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    async with _serving(llm, adapter_dir) as adapter:
+        extractions = await asyncio.gather(
+            *(
+                extract_facts(
+                    llm,
+                    speaker=row["speaker"],
+                    text=row["turn"],
+                    occurred_at=datetime.fromisoformat(row["occurred_at"]),
+                    adapter=adapter,
+                )
+                for row in rows
+            )
+        )
+    recall: list[float] = []
+    precision: list[float] = []
+    empty: list[bool] = []
+    for row, extraction in zip(rows, extractions, strict=True):
+        kept = [fact.text for fact in extraction.facts]
+        gold: list[str] = row["facts"]
+        recall += [max((token_f1(k, g) for k in kept), default=0.0) for g in gold]
+        precision += [max((token_f1(k, g) for g in gold), default=0.0) for k in kept]
+        if not gold:
+            empty.append(not kept)
+    return {
+        "recall": sum(recall) / len(recall) if recall else 0.0,
+        "precision": sum(precision) / len(precision) if precision else 0.0,
+        "empty_right": sum(empty) / len(empty) if empty else 0.0,
+        "facts_per_turn": len(precision) / len(rows),
+        "unusable": sum(e.error is not None for e in extractions) / len(rows),
+        "rows": len(rows),
+        "adapter": str(adapter_dir) if adapter_dir is not None else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def summarise(answers: Sequence[str | None], rows: Sequence[Row]) -> dict[str, Any]:

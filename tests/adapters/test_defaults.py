@@ -5,6 +5,7 @@ import asyncio
 import json
 import shutil
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question
+from app.memory.extractor import extract_facts
 from app.memory.schemas import as_views
 from app.models import Adapter
 from tests.adapters.test_api import adapter_dir, register
@@ -145,13 +147,22 @@ def test_serve_installs_the_shipped_defaults(database_url, tmp_path, monkeypatch
     assert printed.count("Serving the shipped answer adapter answer-default-") == 1
 
 
+SHIPPED_MEASURES = {
+    "answer": ("f1",),
+    "extractor": ("recall", "precision"),
+    "manager": ("held_out_decisions_right", "conv30_f1"),
+}
+
+
 @pytest.mark.parametrize("folder", sorted(adapters.DEFAULTS_DIR.glob("*/adapter_config.json")))
 def test_the_shipped_adapters_fit_the_bundled_model_and_carry_a_card(folder):
     folder = folder.parent
     validate_adapter_dir(folder, base_model="SmolLM2-135M-Instruct", max_lora_rank=64)
     card = json.loads((folder / "card.json").read_text())
     assert {"data", "steps", "settings", "metrics", "command"} <= card.keys()
-    assert card["metrics"]["f1"] > card["base_metrics"]["f1"]
+    # Each beats the base model on its own validation measures.
+    for measure in SHIPPED_MEASURES[card["agent"]]:
+        assert card["metrics"][measure] > card["base_metrics"][measure], measure
 
 
 @pytest.mark.model
@@ -173,5 +184,28 @@ async def test_the_shipped_answer_adapter_serves_in_the_embedded_engine(
             )
             assert result.error is None and result.answer
             assert result.completion is not None and result.completion.adapter == adapter
+    finally:
+        await backend.close()
+
+
+@pytest.mark.model
+async def test_the_shipped_extractor_adapter_serves_in_the_embedded_engine(
+    serving_model_dir, tmp_path
+):
+    copy = shutil.copytree(adapters.DEFAULTS_DIR / "extractor", tmp_path / "extractor")
+    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    try:
+        await backend.load_adapter("shipped", str(copy))
+        extraction = await extract_facts(
+            backend,
+            speaker="Ann",
+            text="I adopted a dog named Buddy last week.",
+            occurred_at=at,
+            adapter="shipped",
+        )
+        assert extraction.error is None and extraction.completion is not None
+        assert extraction.completion.adapter == "shipped"
+        assert any("Buddy" in fact.text for fact in extraction.facts), extraction.facts
     finally:
         await backend.close()

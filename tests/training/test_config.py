@@ -74,7 +74,7 @@ class TestFromParams:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"agent": "extractor"}, "agent must be one of"),
+        ({"agent": "judge"}, "agent must be one of"),
         ({"reward": "judge"}, "reward must be 'em'"),
         ({"format_weight": 1.5}, r"format_weight must be in \[0, 1\]"),
         ({"lora_r": 0}, "lora_r must be between 1 and 256"),

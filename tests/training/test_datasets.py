@@ -1,3 +1,4 @@
+import json
 import re
 import uuid
 import zlib
@@ -9,12 +10,14 @@ import pytest
 from datasets import Dataset
 
 from app.episodes.views import fact_from_json, fact_json
-from app.memory.prompts import answer_messages, manager_messages
+from app.memory.guard import check
+from app.memory.prompts import answer_messages, extraction_messages, format_date, manager_messages
 from app.memory.schemas import Fact, MemoryView
 from tests.conftest import SHARED_DATA
 from training.datasets import (
     Retriever,
     answer_rows_from_locomo,
+    extractor_rows_from_locomo,
     load_encoder,
     manager_rows_from_locomo,
     memory_from_dict,
@@ -214,3 +217,36 @@ def test_minilm_retrieves_the_evidence() -> None:
     assert len(rows) == 81
     row = next(r for r in rows if r["question"] == "When Jon has lost his job as a banker?")
     assert "lost his job as a banker" in row["prompt"][-1]["content"]
+
+
+class TestExtractorRows:
+    @pytest.fixture(scope="class")
+    def rows(self) -> list[dict]:
+        return extractor_rows_from_locomo(TRAIN)
+
+    def test_the_reply_is_the_turns_observations_as_facts(self, rows: list[dict]) -> None:
+        [conv] = load_locomo(TRAIN)
+        turns = {t.text: t for s in conv.sessions for t in s.turns}
+        for row in rows:
+            assert json.loads(row["completion"]) == {"facts": row["facts"]}
+            assert row["prompt"] == extraction_messages(
+                row["speaker"], row["turn"], datetime.fromisoformat(row["occurred_at"]), 3
+            )
+            assert turns[row["turn"]].speaker == row["speaker"]
+            date = format_date(datetime.fromisoformat(row["occurred_at"]))
+            for fact in row["facts"]:
+                assert fact.startswith(f"On {date}, ") and row["speaker"] in fact
+
+    def test_no_row_teaches_what_the_guard_would_drop(self, rows: list[dict]) -> None:
+        for row in rows:
+            for fact in row["facts"]:
+                at = datetime.fromisoformat(row["occurred_at"])
+                assert check(fact, [row["turn"]], row["speaker"], at).text is not None, fact
+                assert "conversation" not in fact.lower()
+
+    def test_turns_without_observations_are_a_share_of_the_rows(self, rows: list[dict]) -> None:
+        empty = sum(not row["facts"] for row in rows)
+        assert 0.35 <= empty / len(rows) <= 0.45
+        # Spread over the dialogue, not bunched at its start.
+        half = rows[: len(rows) // 2]
+        assert 0.25 <= sum(not row["facts"] for row in half) / empty <= 0.75

@@ -197,3 +197,9 @@ def test_constrained_rollout_samples_only_replies_that_parse(agent: str, base_di
         assert completion[-1] == eos[0]
         text = rows[0]["response_prefix"] + tokenizer.decode(completion, skip_special_tokens=True)
         assert isinstance(json.loads(text)[key], list)
+
+
+def test_grpo_leaves_the_extractor_to_sft(tmp_path: Path) -> None:
+    config = GRPOJobConfig(agent="extractor", output_dir=tmp_path, base_model_dir=tmp_path)
+    with pytest.raises(ValueError, match="SFT"):
+        run_grpo(config, tiny_rows())

@@ -1,0 +1,172 @@
+"""A supervised warm start for the Memory Manager, on generated decisions, on this CPU.
+
+Trains a LoRA adapter with SFT (training/sft.py) on rows from ``training.warm_start``: small
+generated banks and a new fact that calls for ADD, UPDATE (a change, or an addition merged in),
+DELETE and ADD (something that ended) or NOOP (a restatement). Then scores the base model and
+the adapter through the serving backend (greedy, schema-constrained) on
+
+- held-out generated rows (people, places and things training never saw): the share of
+  decisions right, and the outcome F1 (the frozen base Answer Agent answering from the bank);
+- conv-30's Manager rows (as ``bench.train_manager`` builds them): the outcome F1, so an
+  adapter that decides more does not lose what the base model's bank answered.
+
+Writes ``bench/out/warm_start_manager.json`` and ``.png``.
+
+    python -m bench.warm_start_manager                 # ~40 min: 40 steps of 4 rows, 2 evaluations
+    python -m bench.warm_start_manager --max-steps 5 --val-limit 8 --held-out 16   # smoke run
+
+Targets: the adapter decides >= 80 % of held-out rows right and more than the base model, and
+its conv-30 outcome F1 is not below the base model's. With ``--ship`` an adapter that meets
+them becomes the shipped Manager default (app/adapters/defaults/manager/).
+"""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import Target, print_targets, write_json
+from bench.train_answer import (
+    SFT_CARD_SETTINGS,
+    VAL_FILE,
+    arguments,
+    bench_settings,
+    job_config,
+    plot_sft,
+    ship,
+    train_sft,
+)
+from training.datasets import Retriever, load_encoder, manager_rows_from_locomo
+from training.validate import evaluate_adapter
+from training.warm_start import manager_warm_start_rows
+
+NAME = "warm_start_manager"
+TARGET_RIGHT = 0.8
+
+
+def main() -> int:
+    parser = arguments(__doc__.splitlines()[0], minutes=60.0, max_steps=40, lr=5e-4)
+    parser.add_argument("--rows", type=int, default=160, help="generated training rows")
+    parser.add_argument("--held-out", type=int, default=60, help="generated validation rows")
+    parser.add_argument("--batch", type=int, default=4, help="rows per optimizer step")
+    # Two threads: a step is 4 prompts of ~600 tokens, long enough to keep both cores busy.
+    parser.set_defaults(val_limit=40, threads=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    retriever = Retriever(load_encoder())
+    train_rows = manager_warm_start_rows(args.rows, seed=args.seed)
+    held_out = manager_warm_start_rows(args.held_out, held_out=True, seed=args.seed)
+    conv30 = manager_rows_from_locomo(VAL_FILE, retriever)
+    conv30 = conv30[: args.val_limit] if args.val_limit else conv30
+    # One micro-batch per optimizer step: SFT has no sample groups to hold.
+    config = replace(
+        job_config(args, "manager", args.out / "adapters" / NAME),
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        num_generations=args.batch,
+    )
+
+    def evaluate(adapter: Path | None) -> dict[str, Any]:
+        return {
+            name: evaluate_adapter(
+                "manager", adapter, rows, base_model_dir=config.base_model_dir, retriever=retriever
+            )
+            for name, rows in (("held_out", held_out), ("conv30", conv30))
+        }
+
+    print(f"[{NAME}] base model on {len(held_out)} held-out and {len(conv30)} conv-30 rows")
+    before = evaluate(None)
+    _report("base", before)
+    result = train_sft(NAME, config, train_rows, args.minutes)
+    after = evaluate(result.adapter_dir)
+    _report("adapter", after)
+    right = after["held_out"]["decisions_right"]
+    targets = [
+        Target("held-out decisions right", right, TARGET_RIGHT, "", True),
+        Target(
+            "held-out decisions right, adapter - base",
+            right - before["held_out"]["decisions_right"],
+            0.0,
+            "",
+            True,
+        ),
+        Target(
+            "conv-30 outcome F1, adapter - base",
+            after["conv30"]["f1"] - before["conv30"]["f1"],
+            0.0,
+            "",
+            True,
+        ),
+    ]
+    print_targets(targets)
+    payload = {
+        "settings": bench_settings(args),
+        "train_rows": len(train_rows),
+        "held_out_rows": len(held_out),
+        "val_rows": len(conv30),
+        "before": before,
+        "after": after,
+        "train": {"metrics": result.metrics, "stopped_by_budget": result.stopped},
+        "history": result.history,
+        "targets": [t.as_dict() for t in targets],
+    }
+    print(f"[{NAME}] wrote {write_json(NAME, payload, args.out)} and {_plot(payload, args.out)}")
+    passed = all(t.passed for t in targets)
+    if args.ship and passed:
+        steps = result.metrics["steps"]
+        card = {
+            "method": "SFT + LoRA (training/sft.py) on generated decisions "
+            "(training/warm_start.py)",
+            "command": f"python -m bench.{NAME} --max-steps {steps} --minutes 100000 --ship",
+            "data": {
+                "train": f"training.warm_start: {len(train_rows)} generated rows, seed {args.seed}",
+                "validation": f"{len(held_out)} held-out generated rows; {VAL_FILE.name}",
+                "validation_rows": len(conv30),
+            },
+            "validation": f"bench.{NAME}: decisions right on held-out generated rows; "
+            "conv-30 Manager rows' outcome (base Answer Agent's F1)",
+            "metrics": _card_metrics(after),
+            "base_metrics": _card_metrics(before),
+        }
+        shipped = ship(NAME, payload, config, result.adapter_dir, card, SFT_CARD_SETTINGS)
+        print(f"[{NAME}] shipped as the default manager adapter in {shipped}", flush=True)
+    elif args.ship:
+        print(f"[{NAME}] not shipped: a target failed", flush=True)
+    return 0 if passed else 1
+
+
+def _card_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "held_out_decisions_right": report["held_out"]["decisions_right"],
+        "held_out_operations": report["held_out"]["operations"],
+        "conv30_f1": report["conv30"]["f1"],
+        "conv30_operations": report["conv30"]["operations"],
+    }
+
+
+def _report(side: str, report: dict[str, Any]) -> None:
+    held, conv = report["held_out"], report["conv30"]
+    print(
+        f"[{NAME}] {side}: held-out decisions right {held['decisions_right']:.3f}, "
+        f"F1 {held['f1']:.4f}, ops {held['operations']}; conv-30 F1 {conv['f1']:.4f}, "
+        f"ops {conv['operations']}",
+        flush=True,
+    )
+
+
+def _plot(payload: dict[str, Any], out_dir: Path) -> Path:
+    sides = {
+        label: [
+            payload[side]["held_out"]["decisions_right"],
+            payload[side]["held_out"]["f1"],
+            payload[side]["conv30"]["f1"],
+        ]
+        for side, label in (("before", "base"), ("after", "SFT adapter"))
+    }
+    labels = ["held-out\ndecisions right", "held-out\noutcome F1", "conv-30\noutcome F1"]
+    return plot_sft(NAME, labels, sides, payload["history"], "validation", out_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import xgrammar as xgr
+from transformers import AutoTokenizer
+
+from app.episodes.views import fact_from_json
+from app.memory.manager import validate_operations
+from app.memory.prompts import MANAGER_SCHEMA, mentions
+from training.datasets import memory_from_dict
+from training.warm_start import manager_warm_start_rows
+
+BEHAVIOUR = Path(__file__).resolve().parents[2] / "bench" / "behaviour.json"
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return manager_warm_start_rows(300)
+
+
+def test_every_kind_of_decision_is_taught(rows: list[dict]) -> None:
+    kinds = Counter(tuple(row["expected_ops"]) for row in rows)
+    assert set(kinds) == {("ADD",), ("NOOP",), ("UPDATE",), ("DELETE", "ADD")}
+    # New facts stay the most common decision, as in a real conversation.
+    assert kinds[("ADD",)] == max(kinds.values())
+
+
+def test_each_reply_is_applied_as_exactly_the_expected_operations(rows: list[dict]) -> None:
+    for row in rows:
+        candidates = [memory_from_dict(m) for m in row["candidates"]]
+        operations, rejected = validate_operations(
+            json.loads(row["completion"]), candidates, fact=fact_from_json(row["fact"])
+        )
+        assert rejected == [], row["completion"]
+        done = sorted(op.kind.value for op in operations) or ["NOOP"]
+        assert done == sorted(row["expected_ops"])
+
+
+def test_an_update_replaces_or_merges_with_the_memory_it_names(rows: list[dict]) -> None:
+    updates = 0
+    for row in rows:
+        reply = json.loads(row["completion"])["operations"][0]
+        if reply["op"] != "UPDATE":
+            continue
+        updates += 1
+        memory = next(m for m in row["candidates"] if m["key"] == reply["id"])
+        fact = row["fact"]["text"]
+        assert reply["text"] in (fact, f"{memory['text']} {fact}")
+        # The memory it changes is about the same person as the fact.
+        assert mentions(memory["text"], row["fact"]["speaker"])
+    assert updates > 0
+
+
+@pytest.mark.model
+def test_replies_are_what_the_serving_grammar_lets_the_model_write(
+    rows: list[dict], bundled_model_dir: Path
+) -> None:
+    """Separators and key order as xgrammar forces them, so SFT teaches serving's tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+    grammar = xgr.GrammarCompiler(info).compile_json_schema(
+        json.dumps(MANAGER_SCHEMA), any_whitespace=False
+    )
+    for row in rows[:100]:
+        matcher = xgr.GrammarMatcher(grammar)
+        assert matcher.accept_string(row["completion"]), row["completion"]
+
+
+def test_held_out_rows_share_no_names_with_training_rows(rows: list[dict]) -> None:
+    held_out = manager_warm_start_rows(100, held_out=True)
+    assert {r["fact"]["speaker"] for r in rows}.isdisjoint({r["fact"]["speaker"] for r in held_out})
+
+
+def test_no_row_uses_a_behaviour_suite_speaker(rows: list[dict]) -> None:
+    """The suite measures the warm start; it must not have been trained on its people."""
+    suite = {s["speaker"] for s in json.loads(BEHAVIOUR.read_text())["scenarios"]}
+    held_out = manager_warm_start_rows(100, held_out=True)
+    for row in rows + held_out:
+        shown = [row["fact"]["text"], *(m["text"] for m in row["candidates"])]
+        assert not any(mentions(text, name) for text in shown for name in suite)
+
+
+def test_rows_are_the_same_for_a_seed() -> None:
+    assert manager_warm_start_rows(20, seed=3) == manager_warm_start_rows(20, seed=3)
+    assert manager_warm_start_rows(20, seed=3) != manager_warm_start_rows(20, seed=4)
