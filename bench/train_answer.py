@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,18 @@ def job_config(args: argparse.Namespace, agent: str, output_dir: Path) -> GRPOJo
         temperature=args.temperature,
         seed=args.seed,
         max_train_rows=args.train_limit,
+    )
+
+
+def sft_job_config(args: argparse.Namespace, agent: str, name: str) -> GRPOJobConfig:
+    """A supervised benchmark's job config: ``--batch`` rows in one micro-batch per optimizer
+    step. SFT has no sample groups; ``num_generations`` is set to the batch only so the GRPO
+    config's group check holds."""
+    return replace(
+        job_config(args, agent, args.out / "adapters" / name),
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        num_generations=args.batch,
     )
 
 

@@ -16,7 +16,6 @@ fact for more turns without observations. With ``--ship`` an adapter that meets 
 the shipped extractor default (app/adapters/defaults/extractor/).
 """
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from bench.train_answer import (
     VAL_FILE,
     arguments,
     bench_settings,
-    job_config,
     plot_sft,
+    sft_job_config,
     ship,
     train_sft,
 )
@@ -55,12 +54,7 @@ def main() -> int:
     train_rows = extractor_rows_from_locomo(TRAIN_FILE, empty_share=args.empty_share)
     val_rows = extractor_rows_from_locomo(VAL_FILE)
     val_rows = val_rows[: args.val_limit] if args.val_limit else val_rows
-    config = replace(
-        job_config(args, "extractor", args.out / "adapters" / NAME),
-        per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=1,
-        num_generations=args.batch,
-    )
+    config = sft_job_config(args, "extractor", NAME)
 
     def evaluate(adapter: Path | None) -> dict[str, Any]:
         return evaluate_extractor(adapter, val_rows, base_model_dir=config.base_model_dir)

@@ -20,7 +20,6 @@ its conv-30 outcome F1 is not below the base model's. With ``--ship`` an adapter
 them becomes the shipped Manager default (app/adapters/defaults/manager/).
 """
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from bench.train_answer import (
     VAL_FILE,
     arguments,
     bench_settings,
-    job_config,
     plot_sft,
+    sft_job_config,
     ship,
     train_sft,
 )
@@ -59,13 +58,7 @@ def main() -> int:
     held_out = manager_warm_start_rows(args.held_out, held_out=True, seed=args.seed)
     conv30 = manager_rows_from_locomo(VAL_FILE, retriever)
     conv30 = conv30[: args.val_limit] if args.val_limit else conv30
-    # One micro-batch per optimizer step: SFT has no sample groups to hold.
-    config = replace(
-        job_config(args, "manager", args.out / "adapters" / NAME),
-        per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=1,
-        num_generations=args.batch,
-    )
+    config = sft_job_config(args, "manager", NAME)
 
     def evaluate(adapter: Path | None) -> dict[str, Any]:
         return {

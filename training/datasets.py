@@ -318,9 +318,9 @@ def extractor_rows_from_locomo(
     A turn is left out when one of its observations rests on other turns too, says what the
     turn does not (the guard that checks served facts would drop it: "recently" for
     "yesterday", a motive the speaker never gave) or is not one to teach (``_fit``), so no
-    row teaches any of these. Turns without
-    observations teach an empty list; they are most of a conversation, and are kept up to
-    ``empty_share`` of the rows, spread over the dialogue. Rows are in dialogue order."""
+    row teaches any of these. Turns without observations teach an empty list; they are most
+    of a conversation, and are kept up to ``empty_share`` of the rows, spread over the
+    dialogue. Rows are in dialogue order."""
     rows: list[Row] = []
     for conv in load_locomo(path):
         said: dict[str, list[str]] = {}

@@ -155,7 +155,7 @@ class _Topic:
     again: tuple[str, ...]  # a restatement of ``old``
     question: str
     gold: str
-    change: tuple[str, tuple[str, ...], str, str] | None = None
+    change: tuple[str, tuple[str, ...], str, str]
 
 
 # op: "replace" (UPDATE with the fact), "merge" (UPDATE with memory + fact), "end" (DELETE+ADD)
@@ -418,8 +418,6 @@ def _row(
         for i, t in enumerate(distractors)
     ]
     kind = rng.choices([k for k, _ in _MIX], weights=[w for _, w in _MIX])[0]
-    if kind == "CHANGE" and topic.change is None:
-        kind = "ADD"
     old = _memory(fill(rng.choice(topic.old)), person, first, f"{split}/{index}/old")
     speaker = person
     if kind == "ADD":
@@ -433,7 +431,6 @@ def _row(
         shown.append(old)
         body, question, gold = rng.choice(topic.again), topic.question, topic.gold
     else:
-        assert topic.change is not None
         shown.append(old)
         kind, templates, question, gold = topic.change
         body = rng.choice(templates)

@@ -17,7 +17,7 @@ async def create_job(
     session_id: uuid.UUID,
     turn_ids: list[uuid.UUID],
     manager_adapter: str,
-    extractor_adapter: str = "active",
+    extractor_adapter: str,
 ) -> IngestionJob:
     job = IngestionJob(
         tenant_id=tenant_id,
