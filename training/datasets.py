@@ -316,11 +316,11 @@ def extractor_rows_from_locomo(
     turn's observations, written as the extractor writes facts ("On <date>, <speaker> ...").
 
     A turn is left out when one of its observations rests on other turns too, says what the
-    turn does not (the guard that checks served facts would drop it: "recently" for
-    "yesterday", a motive the speaker never gave) or is not one to teach (``_fit``), so no
-    row teaches any of these. Turns without observations teach an empty list; they are most
-    of a conversation, and are kept up to ``empty_share`` of the rows, spread over the
-    dialogue. Rows are in dialogue order."""
+    turn does not (the guard that checks served facts would drop or cut it: "recently" for
+    "yesterday", a motive the speaker never gave, a clause of interpretation) or is not one to
+    teach (``_fit``), so no row teaches any of these. Turns without observations teach an
+    empty list; they are most of a conversation, and are kept up to ``empty_share`` of the
+    rows, spread over the dialogue. Rows are in dialogue order."""
     rows: list[Row] = []
     for conv in load_locomo(path):
         said: dict[str, list[str]] = {}
@@ -342,7 +342,7 @@ def extractor_rows_from_locomo(
                     or not all(_fit(f, turn.speaker) for f in facts)
                 ):
                     continue
-                if any(check(f, [turn.text], turn.speaker, at).text is None for f in facts):
+                if any(check(f, [turn.text], turn.speaker, at).dropped for f in facts):
                     continue
                 row = {
                     "prompt": extraction_messages(turn.speaker, turn.text, at, max_facts),

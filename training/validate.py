@@ -36,7 +36,7 @@ from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
 from app.memory.extractor import extract_facts
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
-from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, MANAGER_MAX_TOKENS, MANAGER_SCHEMA
+from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, MANAGER_MAX_TOKENS, manager_schema
 from app.memory.schemas import MemoryView
 from training.datasets import Retriever, load_encoder, memory_from_dict
 from training.eval.metrics import AnswerScores, score_answer, token_f1
@@ -204,7 +204,7 @@ async def _manager_row(
     try:
         completion = await llm.complete(
             row["prompt"],
-            json_schema=MANAGER_SCHEMA,
+            json_schema=manager_schema(candidates),
             adapter=adapter,
             temperature=0.0,
             max_tokens=MANAGER_MAX_TOKENS,

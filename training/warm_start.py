@@ -357,8 +357,10 @@ _TOPICS: list[_Topic] = [
     ),
 ]
 
-# Shares of each decision in generated rows: new facts are most of what a Manager sees.
-_MIX = (("ADD", 0.45), ("NOOP", 0.15), ("CHANGE", 0.40))
+# Shares of each decision in generated rows (ADD takes the rest): new facts are most of what a
+# Manager sees. Training may show more changes than that (``change_share``).
+NOOP_SHARE = 0.15
+CHANGE_SHARE = 0.40
 
 
 def _pick(rng: random.Random, pool: str, split: int, avoid: str | None = None) -> str:
@@ -398,7 +400,7 @@ def _reply(*operations: tuple[str, str, str]) -> str:
 
 
 def _row(
-    rng: random.Random, split: int, index: int
+    rng: random.Random, split: int, index: int, change_share: float
 ) -> tuple[Fact, list[MemoryView], str, str, str, str]:
     """One generated decision: the fact, the memories shown, the decision's kind, the expected
     reply, and a question with its gold answer."""
@@ -417,7 +419,8 @@ def _row(
         _memory(fill(rng.choice(t.old)), person, _date(rng), f"{split}/{index}/{i}")
         for i, t in enumerate(distractors)
     ]
-    kind = rng.choices([k for k, _ in _MIX], weights=[w for _, w in _MIX])[0]
+    shares = [1 - NOOP_SHARE - change_share, NOOP_SHARE, change_share]
+    kind = rng.choices(["ADD", "NOOP", "CHANGE"], weights=shares)[0]
     old = _memory(fill(rng.choice(topic.old)), person, first, f"{split}/{index}/old")
     speaker = person
     if kind == "ADD":
@@ -458,14 +461,19 @@ EXPECTED_OPS = {
 }
 
 
-def manager_warm_start_rows(count: int, *, held_out: bool = False, seed: int = 0) -> list[Row]:
+def manager_warm_start_rows(
+    count: int, *, held_out: bool = False, seed: int = 0, change_share: float = CHANGE_SHARE
+) -> list[Row]:
     """``count`` generated Manager rows (``held_out``: from the other half of the pools), each
-    a ``manager_row`` with ``completion`` (the expected reply) and ``expected_ops``."""
+    a ``manager_row`` with ``completion`` (the expected reply) and ``expected_ops``;
+    ``change_share`` of them change a stored memory."""
+    if not 0 <= change_share <= 1 - NOOP_SHARE:
+        raise ValueError(f"change_share must be between 0 and {1 - NOOP_SHARE}")
     split = 1 if held_out else 0
     rng = random.Random(f"{seed}/{split}")
     rows: list[Row] = []
     for index in range(count):
-        fact, shown, kind, reply, question, gold = _row(rng, split, index)
+        fact, shown, kind, reply, question, gold = _row(rng, split, index, change_share)
         row = manager_row(fact, shown, shown, question=question, gold=gold, category=4)
         rows.append({**row, "completion": reply, "expected_ops": EXPECTED_OPS[kind]})
     return rows

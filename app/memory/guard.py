@@ -11,9 +11,17 @@ is kept or a Manager text is applied, each of its sentences is checked against i
   (the shape of a model that lost its way), one that says nothing but a name or a date, and a
   question (copied from the turn: "Anything you're excited about?");
   words said twice in a row ("in June 2023 in June 2023") are said once;
-- a sentence is unsupported, and dropped, when it names someone or something (a capitalised
-  word past the sentence start), gives a number or a time word ("yesterday", "last week") that
-  its sources do not, or when fewer than two in five of its content words are in its sources;
+- a time its sources do not give ("last week" for a turn that says "yesterday") is cut from
+  the sentence, and the rest is checked without it, more strictly (below); a fact then gets
+  the turn's own time;
+- a sentence is unsupported when it names someone or something (a capitalised word past the
+  sentence start), gives a number or a time word that its sources do not, or when fewer than
+  half of its content words (two in three after a cut) are in its sources. A sentence is
+  cut before its first unsupported clause ("Ben moved to Seattle for a new job and is looking
+  forward to exploring the city." -> "Ben moved to Seattle for a new job."); an unsupported
+  sentence's start is kept that way when it says at least two things, two in three of them in
+  its sources ("Dan enjoys green tea and finds it calming." -> "Dan enjoys green tea."), else
+  the sentence is dropped;
 - relative dates are resolved against the turn's date: "yesterday" -> "on 2 December 2026",
   "last week" -> "the week before 3 December 2026", "two days ago" -> "two days before 3
   December 2026".
@@ -32,7 +40,14 @@ from app.memory.prompts import format_date
 from app.memory.schemas import text_key
 
 # Fewer than this share of a sentence's content words in its sources: the sentence is made up.
-MIN_SUPPORTED = 0.4
+# At two in five, the extractor's interpretations of small talk passed ("Gina is a supportive
+# friend who encourages her to keep going and believe in herself.").
+MIN_SUPPORTED = 0.5
+# What is left of a sentence after a cut (of a time, or of the clauses from the first
+# unsupported one on) must have at least this share of its content words in its sources: the
+# cut showed the model inventing, and a short sentence passes half with a name and one common
+# word ("Gina is a friend of Jon.", "Gina is going to dance at the party [tonight].").
+CUT_SUPPORTED = 2 / 3
 # A word this many times in one sentence: the model is looping.
 MAX_WORD_REPEATS = 3
 # A run of this many words of an earlier sentence, again in a later one: the model is looping
@@ -60,6 +75,19 @@ _TIME_WORDS = frozenset(
 )
 _MONTHS = frozenset(m.casefold() for m in month_name if m)
 _WEEKDAYS = [d.casefold() for d in day_name]
+_COUNT = r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of)"
+# A time as a phrase, with the preposition that brings it: what is cut when the sources do not
+# give it.
+_TIME_PHRASE = re.compile(
+    r"\b(?:(?:in|on|during|over|from|since)\s+)?(?:the\s+)?"
+    r"(?:(?:day (?:before|after) )?(?:yesterday|tomorrow)|today|tonight|"
+    rf"(?:last|next|this|past) (?:week|weekend|month|year|{'|'.join(_WEEKDAYS)})|"
+    rf"{_COUNT} (?:day|week|month|year)s? ago)\b",
+    re.IGNORECASE,
+)
+# Where a clause starts: a semicolon, or a conjunction that adds to what went before (a comma
+# alone may start a list of what the sentence is about: "two dogs, Buddy and Scout").
+_CLAUSE = re.compile(r"\s*;\s+|,?\s+(?:and|but|because|which|where|who|while|so)\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 _WORD = re.compile(r"[A-Za-z]+|\d+")
 _DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{{4}}\b")
@@ -127,8 +155,16 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 
 
-def _unsupported(sentence: str, known: set[str], allowed: _Allowed) -> str | None:
-    """Why ``sentence`` is not supported by the sources whose stems are ``known``, or None."""
+def _unsupported(
+    sentence: str,
+    known: set[str],
+    allowed: _Allowed,
+    *,
+    opening: bool = True,
+    min_supported: float = MIN_SUPPORTED,
+) -> str | None:
+    """Why ``sentence`` is not supported by the sources whose stems are ``known``, or None.
+    ``opening``: it starts a sentence, so its first word may be capitalised without naming."""
     for date in _DATE.findall(sentence):
         if date not in allowed.dates:
             return f"gives the date {date}, which its source does not"
@@ -156,13 +192,57 @@ def _unsupported(sentence: str, known: set[str], allowed: _Allowed) -> str | Non
         if len(folded) < 2 or folded in _STOPWORDS or folded in _MONTHS:
             continue
         found = _matches(_stem(word), known)
-        if word[0].isupper() and position > 0 and not found and word != "I":
+        if word[0].isupper() and (position > 0 or not opening) and not found and word != "I":
             return f"names {word!r}, which its source does not"
         content += 1
         supported += found
-    if content and supported / content < MIN_SUPPORTED:
+    if content and supported / content < min_supported:
         return f"only {supported} of its {content} content words are in its source"
     return None
+
+
+def _cut_times(sentence: str, known: set[str]) -> tuple[str, list[str]]:
+    """``sentence`` without the times (``_TIME_PHRASE``) whose time words its sources do not
+    say, and those times."""
+    cut: list[str] = []
+
+    def unless_given(match: re.Match[str]) -> str:
+        said = [w for w in _WORD.findall(match[0]) if w.casefold() in _TIME_WORDS]
+        if all(_stem(w) in known for w in said):
+            return match[0]
+        cut.append(match[0])
+        return ""
+
+    rest = _TIME_PHRASE.sub(unless_given, sentence)
+    if not cut:
+        return sentence, []
+    rest = re.sub(r"\s+([,.!?])", r"\1", " ".join(rest.split())).strip(" ,")
+    return rest[:1].upper() + rest[1:], cut
+
+
+def _supported_start(
+    sentence: str, known: set[str], allowed: _Allowed, speaker: str | None, *, rescue: bool
+) -> tuple[str, str] | None:
+    """``sentence`` up to its first unsupported clause, as a sentence, and why that clause is
+    unsupported; None when no clause after the first is unsupported, or what is left is not
+    enough: saying nothing, or (``rescue``: the whole sentence is unsupported) saying fewer
+    than two things or fewer than ``CUT_SUPPORTED`` of them in the sources."""
+    ends = [clause.start() for clause in _CLAUSE.finditer(sentence)]
+    end, why = 0, None
+    for cut in [*ends, len(sentence)]:
+        why = _unsupported(sentence[end:cut], known, allowed, opening=end == 0)
+        if why is not None:
+            break
+        end = cut
+    start = sentence[:end]
+    if why is None or end == 0 or _empty(start, allowed) is not None:
+        return None
+    if rescue and (
+        len(content_stems(start, speaker) - set(_DATE.findall(start))) < 2
+        or _unsupported(start, known, allowed, min_supported=CUT_SUPPORTED) is not None
+    ):
+        return None
+    return f"{start}.", why
 
 
 def sentence_key(sentence: str) -> str:
@@ -259,6 +339,8 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             sentence, cut = rest[:1].upper() + rest[1:], opening[0].strip()
         else:
             cut = None
+        sentence, times = _cut_times(sentence, known)
+        dropped += [(time, "a time its source does not give") for time in times]
         once = say_once(sentence)
         if once != sentence:
             dropped.append((sentence, "says the same words twice in a row"))
@@ -269,11 +351,17 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             dropped.append((sentence, repeated))
             continue
         seen.add(key)
-        reason = (
-            "a question, which states nothing"
-            if sentence.endswith("?")
-            else _unsupported(sentence, known, allowed) or _empty(sentence, allowed)
-        )
+        if sentence.endswith("?"):
+            reason: str | None = "a question, which states nothing"
+        else:
+            strictness = CUT_SUPPORTED if times else MIN_SUPPORTED
+            reason = _unsupported(sentence, known, allowed, min_supported=strictness)
+            trimmed = _supported_start(sentence, known, allowed, speaker, rescue=reason is not None)
+            if trimmed is not None:
+                start, why = trimmed
+                dropped.append((sentence[len(start) - 1 :].strip(" ,;."), why))
+                sentence, reason = start, None
+        reason = reason or _empty(sentence, allowed)
         if reason is not None:
             dropped.append((sentence, reason))
             continue
@@ -286,7 +374,6 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
 # --- relative dates ---------------------------------------------------------------------------
 
 _Replacement = str | Callable[[re.Match[str]], str]
-_COUNT = r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of)"
 
 
 def _shift_month(at: datetime, months: int) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import check
-from app.memory.prompts import MANAGER_MAX_TOKENS, MANAGER_SCHEMA, manager_messages
+from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema
 from app.memory.schemas import (
     Fact,
     MemoryView,
@@ -194,7 +194,7 @@ async def decide(
     try:
         completion = await llm.complete(
             manager_messages(fact, candidates),
-            json_schema=MANAGER_SCHEMA,
+            json_schema=manager_schema(candidates),
             adapter=adapter,
             temperature=0.0,
             max_tokens=MANAGER_MAX_TOKENS,
@@ -213,11 +213,12 @@ async def decide(
 def check_noop(
     decision: Decision, fact: Fact, nearest_similarity: float | None, min_similarity: float
 ) -> Decision:
-    """A usable decision that changes nothing claims the fact is already stored. When no shown
-    memory is at least ``min_similarity`` (cosine) close to the fact, the claim is false: the
-    fact is added as it is, and the overruled NOOP is recorded among the rejections.
-    ``min_similarity`` 0 trusts the model's NOOPs."""
-    if decision.error is not None or decision.operations or decision.rejected:
+    """A usable decision that changes nothing (a NOOP, or operations that were all rejected)
+    claims the fact is already stored. When no shown memory is at least ``min_similarity``
+    (cosine) close to the fact, the claim is false: the fact is added as it is, and the
+    overruled claim is recorded among the rejections. ``min_similarity`` 0 trusts the
+    model."""
+    if decision.error is not None or decision.operations:
         return decision
     if min_similarity <= 0:
         return decision
@@ -228,11 +229,12 @@ def check_noop(
     else:
         similarity = f"{nearest_similarity:.2f} < {min_similarity:.2f}"
         closest = f"the closest memory has similarity {similarity}"
+    claim = "every operation was rejected" if decision.rejected else "NOOP"
     overruled = RejectedOperation(
-        raw={"op": "NOOP"}, reason=f"NOOP, but {closest}: the fact is added as it is"
+        raw={"op": "NOOP"}, reason=f"{claim}, but {closest}: the fact is added as it is"
     )
     add = Operation(kind=OpKind.ADD, memory_id=None, text=fact.text)
-    return replace(decision, operations=[add], rejected=[overruled])
+    return replace(decision, operations=[add], rejected=[*decision.rejected, overruled])
 
 
 def keep_fact(decision: Decision, fact: Fact) -> Decision:

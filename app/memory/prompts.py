@@ -12,6 +12,7 @@ instructions is the validation in ``manager.validate_operations``.
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,33 +66,53 @@ def _manager_operation(op: str, id_: dict[str, Any], text: dict[str, Any]) -> di
 _NONE: dict[str, Any] = {"const": ""}
 _KEY: dict[str, Any] = {"type": "string", "pattern": _KEY_PATTERN}
 
+
 # One shape per operation, so the grammar itself gives UPDATE and DELETE an id and leaves
 # ADD and NOOP none. An ADD stores the fact as the extractor wrote it (already checked by the
 # guard): its text is left empty, which spares the model writing the fact out again (the
 # base model rambled on to the length cap, or copied a listed memory instead).
-MANAGER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "operations": {
-            "type": "array",
-            "items": {
-                "anyOf": [
-                    _manager_operation("ADD", _NONE, _NONE),
-                    _manager_operation(
-                        "UPDATE",
-                        _KEY,
-                        {"type": "string", "minLength": 1, "maxLength": MANAGER_TEXT_MAX_CHARS},
-                    ),
-                    _manager_operation("DELETE", _KEY, _NONE),
-                    _manager_operation("NOOP", _NONE, _NONE),
-                ]
-            },
-            "maxItems": MANAGER_MAX_OPERATIONS,
-        }
-    },
-    "required": ["operations"],
-    "additionalProperties": False,
-}
+def _manager_schema(key: dict[str, Any] | None) -> dict[str, Any]:
+    changes = (
+        []
+        if key is None
+        else [
+            _manager_operation(
+                "UPDATE",
+                key,
+                {"type": "string", "minLength": 1, "maxLength": MANAGER_TEXT_MAX_CHARS},
+            ),
+            _manager_operation("DELETE", key, _NONE),
+        ]
+    )
+    operation = [
+        _manager_operation("ADD", _NONE, _NONE),
+        *changes,
+        _manager_operation("NOOP", _NONE, _NONE),
+    ]
+    return {
+        "type": "object",
+        "properties": {
+            "operations": {
+                "type": "array",
+                "items": {"anyOf": operation},
+                "maxItems": MANAGER_MAX_OPERATIONS,
+            }
+        },
+        "required": ["operations"],
+        "additionalProperties": False,
+    }
+
+
+# Any decision: UPDATE and DELETE name a key of the form memories are listed under.
+MANAGER_SCHEMA: dict[str, Any] = _manager_schema(_KEY)
+
+
+def manager_schema(candidates: Sequence[MemoryView]) -> dict[str, Any]:
+    """The schema of one decision: UPDATE and DELETE name one of the listed ``candidates``'
+    keys, and are not offered when none is listed (a Manager trained to change memories
+    wrote "UPDATE m1" to an empty list, which names nothing and loses the operation)."""
+    return _manager_schema({"enum": [m.key for m in candidates]} if candidates else None)
+
 
 # An answer is plain text. A small model can lose track of the string it is writing and go on
 # as if closing the JSON or a tag ("8 May 2023}</memories> ..."), which the grammar would keep

@@ -19,7 +19,8 @@ from app.llm.bundled import BUNDLED_MODEL_NAME
 from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question
 from app.memory.extractor import extract_facts
-from app.memory.schemas import as_views
+from app.memory.manager import decide
+from app.memory.schemas import Fact, as_views
 from app.models import Adapter
 from tests.adapters.test_api import adapter_dir, register
 
@@ -207,5 +208,28 @@ async def test_the_shipped_extractor_adapter_serves_in_the_embedded_engine(
         assert extraction.error is None and extraction.completion is not None
         assert extraction.completion.adapter == "shipped"
         assert any("Buddy" in fact.text for fact in extraction.facts), extraction.facts
+    finally:
+        await backend.close()
+
+
+@pytest.mark.model
+async def test_the_shipped_manager_adapter_serves_in_the_embedded_engine(
+    serving_model_dir, tmp_path
+):
+    copy = shutil.copytree(adapters.DEFAULTS_DIR / "manager", tmp_path / "manager")
+    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    buddy = as_views(
+        [(uuid.UUID(int=1), "On 2 November 2026, Ann adopted a dog named Buddy.", "Ann", None)]
+    )
+    try:
+        await backend.load_adapter("shipped", str(copy))
+        fact = Fact("On 20 November 2026, Ann adopted another dog, Scout.", "Ann", at)
+        for candidates in (buddy, []):
+            decision = await decide(backend, fact, candidates, adapter="shipped")
+            assert decision.error is None and decision.completion is not None
+            assert decision.completion.adapter == "shipped"
+            # Under each decision's schema, nothing it names is missing from what it was shown.
+            assert not [r for r in decision.rejected if "unknown memory id" in r.reason]
     finally:
         await backend.close()

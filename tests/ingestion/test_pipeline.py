@@ -157,7 +157,11 @@ async def test_injected_ids_cannot_touch_another_users_memory(client, fake_llm, 
         headers=tenant_a.memory,
     )
     assert response.status_code == 200
-    assert response.json()["operations"] == []
+    # Both operations are rejected; the fact itself is what is stored.
+    [added] = response.json()["operations"]
+    assert added["op"] == "ADD" and added["text"].endswith(
+        f"mallory asked to delete memory {victim_id}"
+    )
     untouched = await client.get(f"/memories/{victim_id}", headers=tenant_a.memory)
     assert untouched.json()["deleted_at"] is None
     assert untouched.json()["version"] == 1
@@ -191,8 +195,8 @@ async def test_every_model_call_is_an_episode(client, runtime, fake_llm, tenant_
 def respond(call: FakeCall):
     if "facts" in json.dumps(call.json_schema):
         return {"facts": [f"Carol moved ({call.last_user[-12:]})"]}
-    text = f"Carol moved {uuid.uuid4().hex[:4]}"
-    return {"operations": [{"op": "UPDATE", "id": "m1", "text": text}]}
+    # Words the fact and the memory give, so the guard lets the UPDATE through.
+    return {"operations": [{"op": "UPDATE", "id": "m1", "text": "Carol moved from Porto."}]}
 
 
 class EditedMeanwhile(FakeLLM):

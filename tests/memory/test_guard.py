@@ -78,12 +78,49 @@ class TestCheck:
         text = "Tom is taking a pottery class. He's going to Rome in July."
         assert kept(text, "I moved to Lisbon for a nursing job.") is None
 
-    def test_a_time_word_the_turn_does_not_say_is_invented(self) -> None:
+    def test_a_time_the_turn_does_not_give_is_cut(self) -> None:
         turn = "Yesterday I adopted another dog, Scout."
         checked = check("I adopted a dog named Scout last week.", [turn], "Ann", AT)
+        assert checked.text == "I adopted a dog named Scout."
+        assert checked.dropped == [("last week", "a time its source does not give")]
+        assert kept("Last week, Ann adopted Scout.", turn) == "Ann adopted Scout."
+        assert kept("Ann adopted Scout two days ago.", turn) == "Ann adopted Scout."
+        assert kept("Ann adopted a dog named Scout yesterday.", turn) == (
+            "Ann adopted a dog named Scout yesterday."
+        )
+        # What is left after the cut must be well supported: the invented time is often the
+        # sign of an invented fact (the bundled model on a LoCoMo turn).
+        turn = "I get it, Jon. Dance is just me -- I can't picture life without it. It's like air."
+        assert kept("Gina said she's going to dance at the party tonight.", turn, "Gina") is None
+        # A time word outside a time the guard knows still makes the sentence invented.
+        turn = "Yesterday I adopted another dog, Scout."
+        checked = check("Ann adopted Scout for the last time.", [turn], "Ann", AT)
         assert checked.text is None
         assert checked.dropped[0][1] == "says 'last', which its source does not"
-        assert kept("Ann adopted a dog named Scout yesterday.", turn)
+
+    def test_an_unsupported_clause_is_cut_and_its_supported_start_kept(self) -> None:
+        # Written by the extractor trained on LoCoMo's observations, which interpret the turn.
+        turn = "I love green tea."
+        text = "Dan enjoys green tea and finds it a calming and relaxing beverage."
+        checked = check(text, [turn], "Dan", AT)
+        assert checked.text == "Dan enjoys green tea."
+        assert checked.dropped == [
+            (
+                "and finds it a calming and relaxing beverage",
+                "only 0 of its 2 content words are in its source",
+            )
+        ]
+        assert (
+            kept("Ann moved to Lisbon, where she joined Lisbon City Council.", "I moved to Lisbon.")
+            == "Ann moved to Lisbon."
+        )
+        # A supported sentence loses its clauses from the first unsupported one on.
+        turn = "I just moved to Seattle for a new job."
+        text = "Ben moved to Seattle for a new job and is looking forward to exploring the city."
+        assert kept(text, turn, "Ben") == "Ben moved to Seattle for a new job."
+        turn = "I love green tea."
+        # A start that says one thing alone is not a fact.
+        assert kept("Ann loves it, and finds it a calming and relaxing beverage.", turn) is None
 
     def test_a_wrong_opening_date_gives_way_to_the_turns(self) -> None:
         checked = check("On 3 June 2023, Ann moved to Lisbon.", ["I moved to Lisbon."], "Ann", AT)
@@ -202,6 +239,12 @@ class TestTurnTime:
         assert [f.text for f in facts] == [
             "On 3 December 2026, Jack ran his first marathon on 2 December 2026."
         ]
+
+    def test_a_fact_with_a_wrong_time_gets_the_turns(self) -> None:
+        turn = "Yesterday I ran my first marathon!"
+        facts, dropped = checked_facts(["Jack ran his first marathon last year."], turn, "Jack", AT)
+        assert [f.text for f in facts] == ["Jack ran his first marathon on 2 December 2026."]
+        assert dropped == [("last year", "a time its source does not give")]
 
     def test_a_fact_that_says_the_time_resolved_gets_it_once(self) -> None:
         turn = "Yeah, I painted that lake sunrise last year! It's special to me."

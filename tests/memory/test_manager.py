@@ -15,7 +15,7 @@ from app.memory.manager import (
     keep_fact,
     validate_operations,
 )
-from app.memory.prompts import MANAGER_SCHEMA
+from app.memory.prompts import manager_schema
 from app.memory.schemas import Fact, MemoryView, Operation, OpKind, as_views
 from tests.fixtures.fake_llm import FakeLLM, Reply
 
@@ -68,7 +68,7 @@ class TestBuddyAndScout:
         )
 
         [call] = llm.calls
-        assert call.json_schema == MANAGER_SCHEMA
+        assert call.json_schema == manager_schema(candidates)
         assert call.temperature == 0.0
         assert "m1 [8 May 2023] Andrew adopted a dog named Buddy." in call.last_user
         assert (
@@ -339,15 +339,18 @@ class TestCheckNoop:
         decision = await self.decision(op("NOOP"))
         assert check_noop(decision, self.FACT, None, 0.0) == decision
 
-    @pytest.mark.parametrize(
-        "ops",
-        [
-            (op("ADD", text="Andrew started a pottery class."),),
-            (op("DELETE", "m9"),),  # rejected: the model did decide something, just wrongly
-        ],
-    )
-    async def test_other_decisions_are_left_alone(self, ops) -> None:
-        decision = await self.decision(*ops)
+    async def test_a_decision_whose_operations_were_all_rejected_adds_the_fact(self) -> None:
+        # The Manager named a memory that is not shown: applying nothing would lose the fact.
+        decision = await self.decision(op("DELETE", "m9"))
+        checked = check_noop(decision, self.FACT, 0.31, 0.85)
+        assert checked.operations == [Operation(OpKind.ADD, None, self.FACT.text)]
+        rejected, overruled = checked.rejected
+        assert rejected == decision.rejected[0]
+        assert overruled.reason.startswith("every operation was rejected, but the closest")
+        assert check_noop(decision, self.FACT, 0.93, 0.85) == decision
+
+    async def test_other_decisions_are_left_alone(self) -> None:
+        decision = await self.decision(op("ADD", text="Andrew started a pottery class."))
         assert check_noop(decision, self.FACT, None, 0.85) == decision
 
     async def test_unusable_output_is_left_alone(self) -> None:

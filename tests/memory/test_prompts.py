@@ -27,6 +27,7 @@ from app.memory.prompts import (
     extraction_messages,
     format_date,
     manager_messages,
+    manager_schema,
     render_fact,
     render_memory,
 )
@@ -170,6 +171,21 @@ class TestSchemas:
             assert not accepts(MANAGER_SCHEMA, wrong), wrong
         too_many = [{"op": "NOOP", "id": "", "text": ""}] * (MANAGER_MAX_OPERATIONS + 1)
         assert not accepts(MANAGER_SCHEMA, json.dumps({"operations": too_many}))
+
+    def test_a_decision_names_only_the_memories_listed(self) -> None:
+        def op(kind: str, id_: str = "", text: str = "") -> str:
+            return json.dumps({"operations": [{"op": kind, "id": id_, "text": text}]})
+
+        listed = as_views([(uuid.uuid4(), "Ann has a dog.", "Ann", None)] * 2)
+        schema = manager_schema(listed)
+        assert accepts(schema, op("UPDATE", "m2", "Ann has two dogs."))
+        assert accepts(schema, op("DELETE", "m1")) and accepts(schema, op("ADD"))
+        assert not accepts(schema, op("DELETE", "m3"))
+        # With nothing listed, nothing can be changed: ADD or NOOP.
+        empty = manager_schema([])
+        assert accepts(empty, op("ADD")) and accepts(empty, op("NOOP"))
+        assert not accepts(empty, op("UPDATE", "m1", "Ann has two dogs."))
+        assert not accepts(empty, op("DELETE", "m1"))
 
     def test_answer_schema_caps_selection_and_answer_length(self) -> None:
         assert accepts(ANSWER_SCHEMA, json.dumps({"selected": ["m60"], "answer": "7 May 2023"}))

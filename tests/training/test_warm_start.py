@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from app.episodes.views import fact_from_json
 from app.memory.manager import validate_operations
-from app.memory.prompts import MANAGER_SCHEMA, mentions
+from app.memory.prompts import manager_schema, mentions
 from training.datasets import memory_from_dict
 from training.warm_start import manager_warm_start_rows
 
@@ -60,10 +60,10 @@ def test_replies_are_what_the_serving_grammar_lets_the_model_write(
     """Separators and key order as xgrammar forces them, so SFT teaches serving's tokens."""
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
-    grammar = xgr.GrammarCompiler(info).compile_json_schema(
-        json.dumps(MANAGER_SCHEMA), any_whitespace=False
-    )
+    compiler = xgr.GrammarCompiler(info)
     for row in rows[:100]:
+        schema = manager_schema([memory_from_dict(m) for m in row["candidates"]])
+        grammar = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         matcher = xgr.GrammarMatcher(grammar)
         assert matcher.accept_string(row["completion"]), row["completion"]
 
@@ -85,3 +85,14 @@ def test_no_row_uses_a_behaviour_suite_speaker(rows: list[dict]) -> None:
 def test_rows_are_the_same_for_a_seed() -> None:
     assert manager_warm_start_rows(20, seed=3) == manager_warm_start_rows(20, seed=3)
     assert manager_warm_start_rows(20, seed=3) != manager_warm_start_rows(20, seed=4)
+
+
+def test_training_rows_may_show_more_changes() -> None:
+    def changes(rows: list[dict]) -> int:
+        return sum(row["expected_ops"] not in (["ADD"], ["NOOP"]) for row in rows)
+
+    assert changes(manager_warm_start_rows(200, change_share=0.6)) > changes(
+        manager_warm_start_rows(200)
+    )
+    with pytest.raises(ValueError, match="change_share"):
+        manager_warm_start_rows(10, change_share=0.9)
