@@ -7,8 +7,9 @@ about 500 tokens, and an Answer prompt over 60 short memories, about 1.3k), deco
 grammar's cost per token (the Manager prompt decoded with and without its schema, xgrammar and
 llama.cpp's own GBNF), whole Manager and Answer calls (a Manager call also right after eight
 extractions, as ingestion makes it), prompt-start reuse (a Manager prompt after another one),
-eight extractions at once against one after another, and LoRA load and switch times; the
-first weight type again with flash attention on. Target: llama.cpp decodes at
+eight extractions at once against one after another, and LoRA load and switch times, with
+flash attention as serving runs it (``MEMR1_LLM__FLASH_ATTENTION``); the first weight type again
+the other way. Target: llama.cpp decodes at
 least 5x faster than the reference, and prefills no slower (judged on the first weight type
 listed). Writes ``bench/out/engine.json`` and ``engine.png``; exits 1 when a target fails.
 
@@ -314,16 +315,21 @@ def plot(rows: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def _label(weights: Weights, flash: bool) -> str:
+    return weights.value + ("+flash" if flash else "-flash")
+
+
 async def main(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Settings().data_dir
     model_dir = ensure_bundled_model(data_dir)
     lora = random_lora(model_dir, OUT_DIR / "engine-lora")
     print("transformers fp32 (reference) ...", flush=True)
     rows: dict[str, dict[str, Any]] = {"transformers": reference_figures(model_dir, args.threads)}
-    # Flash attention off (what serving runs), then on for the served weight type.
-    engines = [(w, False) for w in args.weights] + [(args.weights[0], True)]
+    # Flash attention as serving runs it, then the other way for the served weight type.
+    served_flash = Settings().llm.flash_attention
+    engines = [(w, served_flash) for w in args.weights] + [(args.weights[0], not served_flash)]
     for weights, flash in engines:
-        name = weights.value + ("+flash" if flash else "")
+        name = _label(weights, flash)
         print(f"llama.cpp, {name} ...", flush=True)
         backend = InProcessBackend(
             ensure_bundled_gguf(data_dir, weights),
@@ -343,7 +349,7 @@ async def main(args: argparse.Namespace) -> int:
         next(served_dir.glob("*.gguf")), served_dir, args.threads
     )
     print_table(rows)
-    reference, served = rows["transformers"], rows[args.weights[0].value]
+    reference, served = rows["transformers"], rows[_label(args.weights[0], served_flash)]
     targets = [
         Target(
             "decode speed-up over transformers",

@@ -175,7 +175,7 @@ class InProcessBackend:
         context_tokens: int = 16384,
         threads: int | None = None,
         adapter_idle_s: float | None = None,
-        flash_attention: bool = False,
+        flash_attention: bool = True,
     ) -> None:
         self.base_model = base_model
         self._adapter_idle_s = adapter_idle_s
@@ -198,9 +198,9 @@ class InProcessBackend:
         params.kv_unified = True  # sequences share cells, which is what prefix reuse needs
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
-        # llama.cpp's CPU flash attention prefills long prompts faster but decodes slower the
-        # more cells the cache holds (other sequences' cached prompts included); the agents'
-        # calls are mostly decoding, so it is off unless asked for (bench/engine.py measures).
+        # llama.cpp's CPU flash attention skips the cells a sequence may not see (other
+        # sequences' cached prompts); without it every decode attends over the whole used
+        # cache. Which is faster depends on the CPU (bench/engine.py measures both).
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attention

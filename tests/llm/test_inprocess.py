@@ -60,9 +60,15 @@ VERDICT_SCHEMA = {
 FACT = [{"role": "user", "content": "Alice moved to Paris in 2021. Reply with the memory op."}]
 
 
-def open_backend(model_dir: Path, max_batch_size: int = 4) -> InProcessBackend:
+def open_backend(
+    model_dir: Path, max_batch_size: int = 4, *, flash_attention: bool = True
+) -> InProcessBackend:
     return InProcessBackend(
-        model_dir, BUNDLED_MODEL_NAME, max_batch_size=max_batch_size, max_lora_rank=16
+        model_dir,
+        BUNDLED_MODEL_NAME,
+        max_batch_size=max_batch_size,
+        max_lora_rank=16,
+        flash_attention=flash_attention,
     )
 
 
@@ -485,10 +491,11 @@ class TestPromptReuse:
         schema: dict,
         max_tokens: int,
         lora: Path | None = None,
+        flash_attention: bool = True,
     ) -> list[str]:
         replies = []
         for messages in prompts:
-            fresh = open_backend(model_dir, max_batch_size=1)
+            fresh = open_backend(model_dir, max_batch_size=1, flash_attention=flash_attention)
             try:
                 if lora is not None:
                     await fresh.load_adapter("reuse", str(lora))
@@ -544,14 +551,23 @@ class TestPromptReuse:
         finally:
             await backend.close()
 
+    @pytest.mark.parametrize("flash_attention", [False, True])
     async def test_a_long_prompt_is_reused_by_the_next_that_repeats_it(
-        self, serving_model_dir: Path
+        self, serving_model_dir: Path, flash_attention: bool
     ) -> None:
+        """Without flash attention the reused start gives the fresh computation's reply to the
+        token. With it, the cells computed in other batches differ in their last bits, and
+        these 120 memories that differ only in a number are near ties throughout: the second
+        reply may select others, so it is only checked to parse."""
         prompts = long_document_prompts()
         expected = await self.fresh_replies(
-            serving_model_dir, prompts, ANSWER_SCHEMA, ANSWER_MAX_TOKENS
+            serving_model_dir,
+            prompts,
+            ANSWER_SCHEMA,
+            ANSWER_MAX_TOKENS,
+            flash_attention=flash_attention,
         )
-        backend = open_backend(serving_model_dir)
+        backend = open_backend(serving_model_dir, flash_attention=flash_attention)
         try:
             replies = [
                 await backend.complete(p, json_schema=ANSWER_SCHEMA, max_tokens=ANSWER_MAX_TOKENS)
@@ -560,8 +576,12 @@ class TestPromptReuse:
         finally:
             await backend.close()
 
-        assert [r.text for r in replies] == expected
+        assert replies[0].text == expected[0]  # nothing to reuse yet
         assert replies[1].cached_tokens > 1024  # the memories, from the first question
+        if flash_attention:
+            assert replies[1].parsed is not None
+        else:
+            assert replies[1].text == expected[1]
 
     async def test_a_full_batch_of_other_prompts_leaves_a_cached_start(
         self, serving_model_dir: Path
