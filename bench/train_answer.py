@@ -329,6 +329,31 @@ def train_sft(name: str, config: GRPOJobConfig, rows: list[Row], minutes: float)
     return result
 
 
+def sft_payload(
+    args: argparse.Namespace,
+    train_rows: list[Row],
+    val_rows: list[Row],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    result: TrainResult,
+    targets: list[Target],
+    **counts: int,
+) -> dict[str, Any]:
+    """What a supervised benchmark writes (and ``ship`` reads): its settings, its row counts
+    (``counts`` adds more), both evaluations, the run and the targets."""
+    return {
+        "settings": bench_settings(args),
+        "train_rows": len(train_rows),
+        **counts,
+        "val_rows": len(val_rows),
+        "before": before,
+        "after": after,
+        "train": {"metrics": result.metrics, "stopped_by_budget": result.stopped},
+        "history": result.history,
+        "targets": [t.as_dict() for t in targets],
+    }
+
+
 def plot_sft(
     name: str,
     labels: list[str],

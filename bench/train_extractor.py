@@ -27,9 +27,9 @@ from bench.train_answer import (
     TRAIN_FILE,
     VAL_FILE,
     arguments,
-    bench_settings,
     plot_sft,
     sft_job_config,
+    sft_payload,
     ship,
     train_sft,
 )
@@ -70,16 +70,7 @@ def main() -> int:
         for m in ("recall", "precision", "empty_right")
     ]
     print_targets(targets)
-    payload = {
-        "settings": bench_settings(args),
-        "train_rows": len(train_rows),
-        "val_rows": len(val_rows),
-        "before": before,
-        "after": after,
-        "train": {"metrics": result.metrics, "stopped_by_budget": result.stopped},
-        "history": result.history,
-        "targets": [t.as_dict() for t in targets],
-    }
+    payload = sft_payload(args, train_rows, val_rows, before, after, result, targets)
     print(f"[{NAME}] wrote {write_json(NAME, payload, args.out)} and {_plot(payload, args.out)}")
     passed = all(t.passed for t in targets)
     if args.ship and passed:

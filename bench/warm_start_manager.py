@@ -32,9 +32,9 @@ from bench.train_answer import (
     SFT_CARD_SETTINGS,
     VAL_FILE,
     arguments,
-    bench_settings,
     plot_sft,
     sft_job_config,
+    sft_payload,
     ship,
     train_sft,
 )
@@ -104,17 +104,9 @@ def main() -> int:
         ),
     ]
     print_targets(targets)
-    payload = {
-        "settings": bench_settings(args),
-        "train_rows": len(train_rows),
-        "held_out_rows": len(held_out),
-        "val_rows": len(conv30),
-        "before": before,
-        "after": after,
-        "train": {"metrics": result.metrics, "stopped_by_budget": result.stopped},
-        "history": result.history,
-        "targets": [t.as_dict() for t in targets],
-    }
+    payload = sft_payload(
+        args, train_rows, conv30, before, after, result, targets, held_out_rows=len(held_out)
+    )
     print(f"[{NAME}] wrote {write_json(NAME, payload, args.out)} and {_plot(payload, args.out)}")
     passed = all(t.passed for t in targets)
     if args.ship and all(t.passed for t in targets[1:]):
