@@ -228,6 +228,8 @@ def _supported_start(
     enough: saying nothing, or (``rescue``: the whole sentence is unsupported) saying fewer
     than two things or fewer than ``CUT_SUPPORTED`` of them in the sources."""
     ends = [clause.start() for clause in _CLAUSE.finditer(sentence)]
+    if not ends:  # one clause: the sentence's own check has judged it
+        return None
     end, why = 0, None
     for cut in [*ends, len(sentence)]:
         why = _unsupported(sentence[end:cut], known, allowed, opening=end == 0)

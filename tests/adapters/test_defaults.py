@@ -5,6 +5,8 @@ import asyncio
 import json
 import shutil
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,38 +168,44 @@ def test_the_shipped_adapters_fit_the_bundled_model_and_carry_a_card(folder):
         assert card["metrics"][measure] > card["base_metrics"][measure], measure
 
 
+@asynccontextmanager
+async def serving_shipped(
+    agent: str, model_dir: Path, tmp_path: Path
+) -> AsyncIterator[InProcessBackend]:
+    """The embedded engine with ``agent``'s shipped adapter loaded as "shipped", from a copy
+    (converted to GGUF on first load beside it, as serve installs it)."""
+    copy = shutil.copytree(adapters.DEFAULTS_DIR / agent, tmp_path / agent)
+    backend = InProcessBackend(model_dir, BUNDLED_MODEL_NAME, 2, 64)
+    try:
+        await backend.load_adapter("shipped", str(copy))
+        yield backend
+    finally:
+        await backend.close()
+
+
 @pytest.mark.model
 async def test_the_shipped_answer_adapter_serves_in_the_embedded_engine(
     serving_model_dir, tmp_path
 ):
-    """Converted to GGUF on first load (beside a copy, as serve installs it) and selected per
-    request: it answers under the Answer Agent's schema."""
-    copy = shutil.copytree(adapters.DEFAULTS_DIR / "answer", tmp_path / "answer")
-    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
+    """Selected per request: it answers under the Answer Agent's schema."""
     memories = as_views(
         [(uuid.UUID(int=1), "On 8 May 2023, Ann adopted a dog named Buddy.", "Ann", None)]
     )
-    try:
-        await backend.load_adapter("shipped", str(copy))
+    async with serving_shipped("answer", serving_model_dir, tmp_path) as backend:
         for adapter in (None, "shipped"):
             result = await answer_question(
                 backend, "What is the name of Ann's dog?", memories, adapter=adapter
             )
             assert result.error is None and result.answer
             assert result.completion is not None and result.completion.adapter == adapter
-    finally:
-        await backend.close()
 
 
 @pytest.mark.model
 async def test_the_shipped_extractor_adapter_serves_in_the_embedded_engine(
     serving_model_dir, tmp_path
 ):
-    copy = shutil.copytree(adapters.DEFAULTS_DIR / "extractor", tmp_path / "extractor")
-    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
     at = datetime(2026, 11, 20, tzinfo=UTC)
-    try:
-        await backend.load_adapter("shipped", str(copy))
+    async with serving_shipped("extractor", serving_model_dir, tmp_path) as backend:
         extraction = await extract_facts(
             backend,
             speaker="Ann",
@@ -208,28 +216,21 @@ async def test_the_shipped_extractor_adapter_serves_in_the_embedded_engine(
         assert extraction.error is None and extraction.completion is not None
         assert extraction.completion.adapter == "shipped"
         assert any("Buddy" in fact.text for fact in extraction.facts), extraction.facts
-    finally:
-        await backend.close()
 
 
 @pytest.mark.model
 async def test_the_shipped_manager_adapter_serves_in_the_embedded_engine(
     serving_model_dir, tmp_path
 ):
-    copy = shutil.copytree(adapters.DEFAULTS_DIR / "manager", tmp_path / "manager")
-    backend = InProcessBackend(serving_model_dir, BUNDLED_MODEL_NAME, 2, 64)
     at = datetime(2026, 11, 20, tzinfo=UTC)
     buddy = as_views(
         [(uuid.UUID(int=1), "On 2 November 2026, Ann adopted a dog named Buddy.", "Ann", None)]
     )
-    try:
-        await backend.load_adapter("shipped", str(copy))
-        fact = Fact("On 20 November 2026, Ann adopted another dog, Scout.", "Ann", at)
+    fact = Fact("On 20 November 2026, Ann adopted another dog, Scout.", "Ann", at)
+    async with serving_shipped("manager", serving_model_dir, tmp_path) as backend:
         for candidates in (buddy, []):
             decision = await decide(backend, fact, candidates, adapter="shipped")
             assert decision.error is None and decision.completion is not None
             assert decision.completion.adapter == "shipped"
             # Under each decision's schema, nothing it names is missing from what it was shown.
             assert not [r for r in decision.rejected if "unknown memory id" in r.reason]
-    finally:
-        await backend.close()
