@@ -240,6 +240,10 @@ class InProcessBackend:
         max_tokens: int = 256,
     ) -> Completion:
         loop = asyncio.get_running_loop()
+        matcher = None
+        if json_schema is not None:  # a new schema takes a fraction of a second to compile
+            grammar = await asyncio.to_thread(self._grammar.compile, json.dumps(json_schema))
+            matcher = xgr.GrammarMatcher(grammar)
         job = _Generate(
             loop=loop,
             future=loop.create_future(),
@@ -247,9 +251,7 @@ class InProcessBackend:
             adapter=adapter,
             temperature=temperature,
             max_tokens=max_tokens,
-            matcher=None
-            if json_schema is None
-            else xgr.GrammarMatcher(self._grammar.compile(json.dumps(json_schema))),
+            matcher=matcher,
         )
         result: Completion = await self._submit(job)
         return result

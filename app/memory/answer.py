@@ -13,7 +13,7 @@ from datetime import datetime
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import drop_repeats
-from app.memory.prompts import ANSWER_MAX_TOKENS, ANSWER_SCHEMA, answer_messages, format_date
+from app.memory.prompts import ANSWER_MAX_TOKENS, answer_messages, answer_schema, format_date
 from app.memory.schemas import MemoryView, rekey
 
 PER_SPEAKER = 30
@@ -67,10 +67,11 @@ async def answer_question(
 ) -> AnswerResult:
     """Answer ``question`` from ``memories`` (already retrieved and keyed). Unusable output
     gives a result with ``error`` set; ``app.core.errors.Upstream`` propagates."""
+    messages = answer_messages(question, memories)
     try:
         completion = await llm.complete(
-            answer_messages(question, memories),
-            json_schema=ANSWER_SCHEMA,
+            messages,
+            json_schema=answer_schema([m.key for m in memories], messages[-1]["content"]),
             adapter=adapter,
             temperature=0.0,
             max_tokens=ANSWER_MAX_TOKENS,

@@ -20,6 +20,7 @@ from app.memory.guard import (
     resolve_dates,
     sentences,
     turn_time,
+    undated,
 )
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
@@ -162,5 +163,8 @@ def _timed(
 
 
 def _with_time(text: str, when: str) -> str:
+    """``text`` saying ``when``, in place of the date of mention it may open with."""
+    if len(sentences(text)) == 1:
+        text = undated(text)
     body = text.rstrip(" .!?")
     return f"{body} {when}{text[len(body) :].strip() or '.'}"

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from app.memory.prompts import format_date
+from app.memory.prompts import DATE, format_date
 from app.memory.schemas import text_key
 
 # Fewer than this share of a sentence's content words in its sources: the sentence is made up.
@@ -90,9 +90,8 @@ _TIME_PHRASE = re.compile(
 _CLAUSE = re.compile(r"\s*;\s+|,?\s+(?:and|but|because|which|where|who|while|so)\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 _WORD = re.compile(r"[A-Za-z]+|\d+")
-_DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{{4}}\b")
-_OPENING_DATE = re.compile(rf"^On ({_DATE.pattern}),?\s*")
-_LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {_DATE.pattern})?:\s*")
+_OPENING_DATE = re.compile(rf"^On ({DATE.pattern}),?\s*")
+_LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
 # Two to eight words, then the same words again ("in June 2023 in June 2023").
 _STUTTER = re.compile(r"\b([\w']+(?:[ ,]+[\w']+){1,7})[ ,]+\1\b", re.IGNORECASE)
@@ -134,7 +133,13 @@ def _matches(stem: str, known: set[str]) -> bool:
 
 def has_date(text: str) -> bool:
     """Whether ``text`` gives a full date (``8 May 2023``)."""
-    return _DATE.search(text) is not None
+    return DATE.search(text) is not None
+
+
+def undated(sentence: str) -> str:
+    """``sentence`` without an opening "On <date>," (the date of mention)."""
+    rest = _OPENING_DATE.sub("", sentence)
+    return rest[:1].upper() + rest[1:]
 
 
 def content_stems(text: str, speaker: str | None = None) -> frozenset[str]:
@@ -142,13 +147,13 @@ def content_stems(text: str, speaker: str | None = None) -> frozenset[str]:
     and its dates. Two facts of which one's set holds the other's say the same thing, one of
     them with less."""
     name = {w.casefold() for w in _WORD.findall(speaker or "")}
-    words = _WORD.findall(_DATE.sub(" ", text))
+    words = _WORD.findall(DATE.sub(" ", text))
     stems = {
         _stem(w)
         for w in words
         if not w.isdigit() and len(w) > 1 and w.casefold() not in _STOPWORDS | name
     }
-    return frozenset(stems | set(_DATE.findall(text)))
+    return frozenset(stems | set(DATE.findall(text)))
 
 
 def sentences(text: str) -> list[str]:
@@ -165,10 +170,10 @@ def _unsupported(
 ) -> str | None:
     """Why ``sentence`` is not supported by the sources whose stems are ``known``, or None.
     ``opening``: it starts a sentence, so its first word may be capitalised without naming."""
-    for date in _DATE.findall(sentence):
+    for date in DATE.findall(sentence):
         if date not in allowed.dates:
             return f"gives the date {date}, which its source does not"
-    words = _WORD.findall(_DATE.sub(" ", sentence))
+    words = _WORD.findall(DATE.sub(" ", sentence))
     counts: dict[str, int] = {}
     for word in words:
         counts[word.casefold()] = counts.get(word.casefold(), 0) + 1
@@ -240,7 +245,7 @@ def _supported_start(
     if why is None or end == 0 or _empty(start, allowed) is not None:
         return None
     if rescue and (
-        len(content_stems(start, speaker) - set(_DATE.findall(start))) < 2
+        len(content_stems(start, speaker) - set(DATE.findall(start))) < 2
         or _unsupported(start, known, allowed, min_supported=CUT_SUPPORTED) is not None
     ):
         return None
@@ -302,7 +307,7 @@ def _empty(sentence: str, allowed: _Allowed) -> str | None:
     """Why ``sentence`` says nothing (a name, a date, a word alone), or None."""
     words = [
         w
-        for w in _WORD.findall(_DATE.sub(" ", sentence))
+        for w in _WORD.findall(DATE.sub(" ", sentence))
         if w.casefold() not in allowed.names and w.casefold() not in {"on", "in"}
     ]
     # One lower-case word can be a whole predicate ("Caroline paints."); a capitalised one
@@ -319,7 +324,7 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
     known = {_stem(w) for w in _WORD.findall(source_text)}
     allowed = _Allowed(
         numbers={w for w in _WORD.findall(source_text) if w.isdigit()},
-        dates=set(_DATE.findall(source_text)),
+        dates=set(DATE.findall(source_text)),
         names={w.casefold() for w in _WORD.findall(speaker or "")},
     )
     if at is not None:
@@ -335,12 +340,13 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
     for sentence in sentences(text):
         # "On <a date from nowhere>, ..." is the prompt's own form with a wrong date (often its
         # example's): the date goes, and the turn's date is written in its place later.
+        # Nor does an opening date stay where the sentence says when ("On 20 November 2026,
+        # Jack ran his first marathon on 19 November 2026."): asked when, a small model
+        # answers with the first date it reads.
         opening = _OPENING_DATE.match(sentence)
-        if opening and opening[1] not in allowed.dates:
-            rest = sentence[opening.end() :]
-            sentence, cut = rest[:1].upper() + rest[1:], opening[0].strip()
-        else:
-            cut = None
+        cut = opening[0].strip() if opening and opening[1] not in allowed.dates else None
+        if opening and (cut or has_date(sentence[opening.end() :])):
+            sentence = undated(sentence)
         sentence, times = _cut_times(sentence, known)
         dropped += [(time, "a time its source does not give") for time in times]
         once = say_once(sentence)
@@ -417,7 +423,7 @@ def turn_time(turn: str, at: datetime | None) -> str | None:
 def gives_time(text: str, at: datetime | None) -> bool:
     """Whether ``text`` says when, other than by the date of mention ``at``."""
     mention = format_date(at) if at is not None else None
-    if any(date != mention for date in _DATE.findall(text)):
+    if any(date != mention for date in DATE.findall(text)):
         return True
     return any(w.casefold() in _TIME_WORDS for w in _WORD.findall(text))
 

@@ -12,6 +12,7 @@ instructions is the validation in ``manager.validate_operations``.
 
 import json
 import re
+from calendar import month_name
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 from app.memory.schemas import Fact, MemoryView
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
-MANAGER_PROMPT_VERSION = "manager-v2"
-ANSWER_PROMPT_VERSION = "answer-v2"
+MANAGER_PROMPT_VERSION = "manager-v3"
+ANSWER_PROMPT_VERSION = "answer-v3"
 
 FACT_MAX_CHARS = 200
 MANAGER_MAX_OPERATIONS = 3
@@ -127,19 +128,56 @@ _ANSWER_PATTERN = (
     f"|[mM][^{{}}<>0-9]{_ANSWER_TEXT}{{0,{ANSWER_MAX_CHARS - 2}}}|[mM])$"
 )
 
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "selected": {
-            "type": "array",
-            "items": {"type": "string", "pattern": _KEY_PATTERN},
-            "maxItems": ANSWER_MAX_SELECTED,
+
+def _answer_schema(key: dict[str, Any], max_selected: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "selected": {"type": "array", "items": key, "maxItems": max_selected},
+            "answer": {"type": "string", "pattern": _ANSWER_PATTERN},
         },
-        "answer": {"type": "string", "pattern": _ANSWER_PATTERN},
-    },
-    "required": ["selected", "answer"],
-    "additionalProperties": False,
-}
+        "required": ["selected", "answer"],
+        "additionalProperties": False,
+    }
+
+
+# Any answer: the selection names keys of the form memories are listed under.
+ANSWER_SCHEMA: dict[str, Any] = _answer_schema(_KEY, ANSWER_MAX_SELECTED)
+
+
+ANSWER_MAX_WORDS = 14
+# Words any answer may use besides those of its prompt: yes/no, counts, joins.
+_ANSWER_WORDS = (
+    "yes no not and or the a an of in on at to for with by from is was are were it its he she "
+    "they his her their has have had did does do one two three four five six seven eight nine "
+    "ten once twice"
+).split()
+_WORD = re.compile(r"[^\W_]+")
+
+
+def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
+    """The schema of one answer to ``prompt`` (the question and the memories listed under
+    ``keys``, as the user message shows them).
+
+    The selection names only those keys, and no more than there are: shown one memory,
+    SmolLM2 selected "m1" to "m5" by habit and then answered as if lost. The answer is made
+    of the prompt's own words (in their case, lower case or capitalised), numbers and a few
+    joining words, at most ``ANSWER_MAX_WORDS``: the bundled model otherwise spells what it
+    half-remembers ("Portuária" where the memory says Portuguese, "SCOTROCK" for Scout,
+    "Danish" for green tea). A key is not a word of the prompt here, so no answer lists keys.
+    """
+    words = set(_ANSWER_WORDS)
+    said = _DELIMITERS.sub(" ", prompt).replace("\nQuestion: ", "\n")  # not the markup's
+    for word in _WORD.findall(said):
+        if not re.fullmatch(_KEY_PATTERN, word):
+            words |= {word, word.lower(), word.capitalize()}
+    # Longest first: the regex engine tries alternatives in order.
+    word = "|".join(["[0-9]+", *sorted(words, key=lambda w: (-len(w), w))])
+    answer = f"^({word})([ ,.;:'/-]{{1,2}}({word})){{0,{ANSWER_MAX_WORDS - 1}}}[.!]?$"
+    key = {"enum": list(keys)} if keys else _KEY
+    schema = _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)))
+    schema["properties"]["answer"] = {"type": "string", "pattern": answer}
+    return schema
 
 
 # Token budgets cover a schema-maximal reply, since the backends refuse JSON cut off by
@@ -163,6 +201,10 @@ def format_date(at: datetime) -> str:
     return f"{at.day} {at:%B} {at.year}"
 
 
+# A date as format_date writes it.
+DATE = re.compile(rf"\b\d{{1,2}} (?:{'|'.join(m for m in month_name if m)}) \d{{4}}\b")
+
+
 _DELIMITERS = re.compile(r"</?\s*(?:message|memories|fact)\s*>", re.IGNORECASE)
 
 
@@ -178,10 +220,11 @@ def mentions(text: str, name: str) -> bool:
 
 def _describe(text: str, speaker: str | None, occurred_at: datetime | None) -> str:
     """``[8 May 2023] Caroline: text``, leaving out what the text already says: extracted facts
-    carry their speaker and date, and with 60 memories in context repeating them costs tokens."""
+    carry their speaker and date, and with 60 memories in context repeating them costs tokens.
+    A text that gives a date says when; the date it was said would be a second one to pick."""
     body = _as_data(text)
     prefix = ""
-    if occurred_at is not None and format_date(occurred_at) not in body:
+    if occurred_at is not None and not DATE.search(body):
         prefix = f"[{format_date(occurred_at)}] "
     if speaker and not mentions(body, speaker):
         prefix += f"{_as_data(speaker)}: "

@@ -5,7 +5,7 @@ import pytest
 
 from app.core.errors import BadUpstreamResponse, UnusableOutput, Upstream
 from app.memory.answer import answer_question, parse_answer, split_per_speaker
-from app.memory.prompts import ANSWER_SCHEMA
+from app.memory.prompts import answer_schema
 from app.memory.schemas import MemoryView, as_views
 from tests.fixtures.fake_llm import FakeLLM, Reply
 
@@ -88,7 +88,8 @@ class TestAnswerQuestion:
         assert result.selected == [shown[1]]
         assert result.completion is not None and result.completion.adapter == "answer-v1"
         [call] = llm.calls
-        assert call.json_schema == ANSWER_SCHEMA and call.temperature == 0.0
+        assert call.json_schema == answer_schema([m.key for m in shown], call.last_user)
+        assert call.temperature == 0.0
         assert all(f"m{i + 1} [8 May 2023] Caroline: fact {i}" in call.last_user for i in range(60))
         assert call.last_user.endswith("Question: What did Caroline research?")
 

@@ -232,13 +232,20 @@ def test_of_two_facts_saying_the_same_the_one_saying_more_is_kept() -> None:
 
 class TestTurnTime:
     def test_the_one_fact_of_a_turn_gets_the_time_the_model_left_out(self) -> None:
+        # ... in place of the date of mention: asked when, the model answers the first date.
         turn = "Yesterday I ran my first marathon!"
         facts, _ = checked_facts(
             ["On 3 December 2026, Jack ran his first marathon."], turn, "Jack", AT
         )
-        assert [f.text for f in facts] == [
-            "On 3 December 2026, Jack ran his first marathon on 2 December 2026."
-        ]
+        assert [f.text for f in facts] == ["Jack ran his first marathon on 2 December 2026."]
+
+    def test_a_sentence_that_says_when_loses_its_opening_date(self) -> None:
+        # A Manager's UPDATE text, checked against the fact it merges in.
+        fact = "Ann adopted a dog named Scout on 2 December 2026."
+        text = "On 3 December 2026, Ann adopted a dog named Scout on 2 December 2026."
+        assert check(text, [fact], "Ann", AT).text == (
+            "Ann adopted a dog named Scout on 2 December 2026."
+        )
 
     def test_a_fact_with_a_wrong_time_gets_the_turns(self) -> None:
         turn = "Yesterday I ran my first marathon!"

@@ -13,6 +13,7 @@ from app.memory.prompts import (
     ANSWER_MAX_CHARS,
     ANSWER_MAX_SELECTED,
     ANSWER_MAX_TOKENS,
+    ANSWER_MAX_WORDS,
     ANSWER_SCHEMA,
     DEFAULT_MAX_FACTS,
     EXTRACT_SCHEMA,
@@ -22,6 +23,7 @@ from app.memory.prompts import (
     MANAGER_SCHEMA,
     MANAGER_TEXT_MAX_CHARS,
     answer_messages,
+    answer_schema,
     extract_max_tokens,
     extract_schema,
     extraction_messages,
@@ -45,6 +47,11 @@ def accepts(schema: dict[str, Any], text: str) -> bool:
     return matcher.accept_string(text) and matcher.is_completed()
 
 
+def prompt(shown: list[MemoryView]) -> str:
+    """The Answer Agent's user message asking about ``shown``."""
+    return answer_messages("What are the names of Ann's dogs?", shown)[-1]["content"]
+
+
 def memory(
     key: str, text: str, speaker: str | None = None, at: datetime | None = None
 ) -> MemoryView:
@@ -63,6 +70,10 @@ class TestRendering:
     def test_date_and_speaker_already_in_the_text_are_not_repeated(self) -> None:
         m = memory("m1", "On 8 May 2023, Caroline went to a support group.", "Caroline", MAY_8)
         assert render_memory(m) == "m1 On 8 May 2023, Caroline went to a support group."
+
+    def test_a_text_that_says_when_gets_no_second_date(self) -> None:
+        m = memory("m1", "Caroline went to a support group on 7 May 2023.", "Caroline", MAY_8)
+        assert render_memory(m) == "m1 Caroline went to a support group on 7 May 2023."
 
     def test_memory_without_speaker_or_date(self) -> None:
         assert render_memory(memory("m2", "likes tea")) == "m2 likes tea"
@@ -195,6 +206,52 @@ class TestSchemas:
         assert accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": longest}))
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": [], "answer": longest + "x"}))
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["memory 1"], "answer": "x"}))
+
+    def test_an_answer_selects_only_the_memories_shown(self) -> None:
+        def reply(*selected: str) -> str:
+            return json.dumps({"selected": list(selected), "answer": "Portuguese"})
+
+        def schema(n: int) -> dict[str, Any]:
+            shown = as_views([(uuid.uuid4(), "Liam is learning Portuguese.", "Liam", None)] * n)
+            return answer_schema([m.key for m in shown], prompt(shown))
+
+        one = schema(1)
+        assert accepts(one, reply("m1")) and accepts(one, reply())
+        assert not accepts(one, reply("m2")) and not accepts(one, reply("m1", "m1"))
+        many = schema(10)
+        assert accepts(many, reply("m10", "m2")) and not accepts(many, reply("m11"))
+        assert not accepts(many, reply(*(f"m{i}" for i in range(1, ANSWER_MAX_SELECTED + 2))))
+        nothing = {"selected": [], "answer": "no dogs"}
+        assert accepts(schema(0), json.dumps(nothing))
+        assert not accepts(schema(0), json.dumps(nothing | {"selected": ["m1"]}))
+
+    def test_an_answer_says_only_what_its_prompt_says(self) -> None:
+        shown = as_views(
+            [
+                (uuid.uuid4(), "Ann adopted a dog named Scout on 19 November 2026.", "Ann", None),
+                (uuid.uuid4(), "Liam is learning Portuguese in Lisbon.", "Liam", MAY_8),
+            ]
+        )
+        schema = answer_schema([m.key for m in shown], prompt(shown))
+
+        def says(answer: str) -> bool:
+            return accepts(schema, json.dumps({"selected": ["m1"], "answer": answer}))
+
+        for right in [
+            "Scout",
+            "scout, ann's Dogs",  # the question's words too; as written, lower or capitalised
+            "Portuguese, in Lisbon.",
+            "19 November 2026",
+            "8 May 2023",  # the date the memory is listed with
+            "yes",
+            "2",
+            "two dogs",
+        ]:
+            assert says(right), right
+        for wrong in ["Portuária", "SCOTROCK", "Danish", "m1", "memories", "Question", ""]:
+            assert not says(wrong), wrong
+        assert says(" ".join(["dog"] * ANSWER_MAX_WORDS))
+        assert not says(" ".join(["dog"] * (ANSWER_MAX_WORDS + 1)))
 
     @pytest.mark.parametrize("keys", ["m1, m2, m3", "M1: She plans to visit Rome", "m12"])
     def test_an_answer_does_not_start_with_memory_keys(self, keys: str) -> None:
