@@ -228,16 +228,21 @@ def _cut_times(sentence: str, known: set[str]) -> tuple[str, list[str]]:
 def _supported_start(
     sentence: str, known: set[str], allowed: _Allowed, speaker: str | None, *, rescue: bool
 ) -> tuple[str, str] | None:
-    """``sentence`` up to its first unsupported clause, as a sentence, and why that clause is
-    unsupported; None when no clause after the first is unsupported, or what is left is not
-    enough: saying nothing, or (``rescue``: the whole sentence is unsupported) saying fewer
-    than two things or fewer than ``CUT_SUPPORTED`` of them in the sources."""
+    """``sentence`` up to its first unsupported clause, or the first that says again what
+    the clauses before it said ("Cara works as a nurse at the city hospital and is a nurse
+    at the hospital."), as a sentence, and why that clause goes; None when no clause after
+    the first goes, or what is left is not enough: saying nothing, or (``rescue``: the whole
+    sentence is unsupported) saying fewer than two things or fewer than ``CUT_SUPPORTED`` of
+    them in the sources."""
     ends = [clause.start() for clause in _CLAUSE.finditer(sentence)]
     if not ends:  # one clause: the sentence's own check has judged it
         return None
     end, why = 0, None
     for cut in [*ends, len(sentence)]:
-        why = _unsupported(sentence[end:cut], known, allowed, opening=end == 0)
+        clause = sentence[end:cut]
+        why = _unsupported(clause, known, allowed, opening=end == 0)
+        if why is None and end and content_stems(clause) <= content_stems(sentence[:end]):
+            why = "says again what the sentence said before it"
         if why is not None:
             break
         end = cut

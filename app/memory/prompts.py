@@ -146,6 +146,7 @@ ANSWER_SCHEMA: dict[str, Any] = _answer_schema(_KEY, ANSWER_MAX_SELECTED)
 
 
 ANSWER_MAX_WORDS = 14
+ANSWER_WORD_CHARS = 20  # a longer word of the prompt (a link, a digit run) is not offered
 # Words any answer may use besides those of its prompt: yes/no, counts, joins.
 _ANSWER_WORDS = (
     "yes no not and or the a an of in on at to for with by from is was are were it its he she "
@@ -169,10 +170,11 @@ def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
     words = set(_ANSWER_WORDS)
     said = _DELIMITERS.sub(" ", prompt).replace("\nQuestion: ", "\n")  # not the markup's
     for word in _WORD.findall(said):
-        if not re.fullmatch(_KEY_PATTERN, word):
+        if len(word) <= ANSWER_WORD_CHARS and not re.fullmatch(_KEY_PATTERN, word):
             words |= {word, word.lower(), word.capitalize()}
     # Longest first: the regex engine tries alternatives in order.
-    word = "|".join(["[0-9]+", *sorted(words, key=lambda w: (-len(w), w))])
+    # A number of up to six digits: unbounded, the model wrote "2023.123-0.000000000000000132".
+    word = "|".join(["[0-9]{1,6}", *sorted(words, key=lambda w: (-len(w), w))])
     answer = f"^({word})([ ,.;:'/-]{{1,2}}({word})){{0,{ANSWER_MAX_WORDS - 1}}}[.!]?$"
     key = {"enum": list(keys)} if keys else _KEY
     schema = _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)))
@@ -193,7 +195,10 @@ def extract_max_tokens(max_facts: int) -> int:
 
 
 MANAGER_MAX_TOKENS = 32 + MANAGER_MAX_OPERATIONS * (MANAGER_TEXT_MAX_CHARS + 24)
-ANSWER_MAX_TOKENS = 32 + ANSWER_MAX_SELECTED * 6 + ANSWER_MAX_CHARS
+# A served answer is words with up to two separator characters between them.
+ANSWER_MAX_TOKENS = (
+    32 + ANSWER_MAX_SELECTED * 6 + max(ANSWER_MAX_CHARS, ANSWER_MAX_WORDS * (ANSWER_WORD_CHARS + 2))
+)
 
 
 def format_date(at: datetime) -> str:

@@ -122,6 +122,19 @@ class TestCheck:
         # A start that says one thing alone is not a fact.
         assert kept("Ann loves it, and finds it a calming and relaxing beverage.", turn) is None
 
+    def test_a_clause_that_says_again_what_went_before_is_cut(self) -> None:
+        # Written by the shipped extractor adapter in the behaviour suite.
+        turn = "I work as a nurse at the city hospital."
+        text = "Cara works as a nurse at the city hospital and is a nurse at the hospital."
+        checked = check(text, [turn], "Cara", AT)
+        assert checked.text == "Cara works as a nurse at the city hospital."
+        assert checked.dropped == [
+            ("and is a nurse at the hospital", "says again what the sentence said before it")
+        ]
+        # A clause that adds something stays.
+        turn = "I have a dog and a cat."
+        assert kept("Ann has a dog and a cat.", turn) == "Ann has a dog and a cat."
+
     def test_a_wrong_opening_date_gives_way_to_the_turns(self) -> None:
         checked = check("On 3 June 2023, Ann moved to Lisbon.", ["I moved to Lisbon."], "Ann", AT)
         assert checked.text == "Ann moved to Lisbon."

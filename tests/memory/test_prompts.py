@@ -248,7 +248,7 @@ class TestSchemas:
             "two dogs",
         ]:
             assert says(right), right
-        for wrong in ["Portuária", "SCOTROCK", "Danish", "m1", "memories", "Question", ""]:
+        for wrong in ["Portuária", "SCOTROCK", "Danish", "m1", "memories", "Question", "", "1" * 7]:
             assert not says(wrong), wrong
         assert says(" ".join(["dog"] * ANSWER_MAX_WORDS))
         assert not says(" ".join(["dog"] * (ANSWER_MAX_WORDS + 1)))
@@ -313,4 +313,15 @@ class TestTokenBudgets:
 
         assert count(extraction) <= extract_max_tokens(DEFAULT_MAX_FACTS)
         assert count(decision) <= MANAGER_MAX_TOKENS
+        assert count(answer) <= ANSWER_MAX_TOKENS
+
+    @pytest.mark.parametrize("word", [("0123456789" * 2), "résumé", "café", "May"])
+    def test_the_longest_served_answer_fits_its_budget(
+        self, count: Callable[[str], int], word: str
+    ) -> None:
+        # Served answers are made of the prompt's words: each as long as a word may be.
+        shown = as_views([(uuid.uuid4(), f"Ann wrote {word}.", "Ann", None)] * 60)
+        schema = answer_schema([m.key for m in shown], prompt(shown))
+        words = ", ".join([word] * ANSWER_MAX_WORDS) + "."
+        answer = self.maximal(schema, {"selected": ["m60"] * ANSWER_MAX_SELECTED, "answer": words})
         assert count(answer) <= ANSWER_MAX_TOKENS
