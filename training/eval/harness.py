@@ -161,6 +161,13 @@ class RunState:
         self.data["prepared"].setdefault(bank, {})[sample_id] = entry
         self.save()
 
+    def add_wall(self, seconds: float) -> float:
+        """Count ``seconds`` more of running (one process's, interrupted or not); returns
+        the run's total so far, over every resume."""
+        self.data["wall_seconds"] = self.data.get("wall_seconds", 0.0) + seconds
+        self.save()
+        return float(self.data["wall_seconds"])
+
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
@@ -425,7 +432,10 @@ async def run_eval(
     again and ingested conversations are not ingested again."""
     started = time.perf_counter()
     run = _Run(conversations, targets, options, judge)
-    await run.run()
-    summary = run.summary(time.perf_counter() - started)
+    try:
+        await run.run()
+    finally:
+        wall = run.state.add_wall(time.perf_counter() - started)
+    summary = run.summary(wall)
     write_report(options.out_dir, summary)
     return options.out_dir

@@ -1,5 +1,6 @@
 """The harness with a tiny deterministic target: every output file, resuming, failures."""
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHARED_DATA
+from training.eval import harness
 from training.eval.harness import (
     ERRORS_FILE,
     QUESTIONS_FILE,
@@ -174,6 +176,21 @@ async def test_an_interrupted_run_resumes_where_it_stopped(
     assert len(resumed.asked) == 7
     rows = _rows(tmp_path)
     assert len({r["qa_index"] for r in rows}) == 10 == len(rows)
+
+
+async def test_the_wall_time_counts_every_process_of_a_resumed_run(
+    tmp_path: Path, conversation: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = itertools.count(step=10.0)  # each reading of the clock 10 s after the last
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: next(clock))
+    with pytest.raises(Stop):
+        await run_eval([conversation], [ScriptedTarget(stop_after=3)], _options(tmp_path))
+    first = json.loads((tmp_path / "state.json").read_text())["wall_seconds"]
+    assert first > 0
+
+    await run_eval([conversation], [ScriptedTarget()], _options(tmp_path))
+    total = json.loads((tmp_path / "state.json").read_text())["wall_seconds"]
+    assert total > first and _summary(tmp_path)["run_wall_seconds"] == total
 
 
 async def test_interrupted_ingestion_starts_over_as_a_new_user(
