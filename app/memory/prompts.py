@@ -129,12 +129,12 @@ _ANSWER_PATTERN = (
 )
 
 
-def _answer_schema(key: dict[str, Any], max_selected: int) -> dict[str, Any]:
+def _answer_schema(key: dict[str, Any], max_selected: int, answer: str) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
             "selected": {"type": "array", "items": key, "maxItems": max_selected},
-            "answer": {"type": "string", "pattern": _ANSWER_PATTERN},
+            "answer": {"type": "string", "pattern": answer},
         },
         "required": ["selected", "answer"],
         "additionalProperties": False,
@@ -142,7 +142,7 @@ def _answer_schema(key: dict[str, Any], max_selected: int) -> dict[str, Any]:
 
 
 # Any answer: the selection names keys of the form memories are listed under.
-ANSWER_SCHEMA: dict[str, Any] = _answer_schema(_KEY, ANSWER_MAX_SELECTED)
+ANSWER_SCHEMA: dict[str, Any] = _answer_schema(_KEY, ANSWER_MAX_SELECTED, _ANSWER_PATTERN)
 
 
 ANSWER_MAX_WORDS = 14
@@ -177,9 +177,7 @@ def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
     word = "|".join(["[0-9]{1,6}", *sorted(words, key=lambda w: (-len(w), w))])
     answer = f"^({word})([ ,.;:'/-]{{1,2}}({word})){{0,{ANSWER_MAX_WORDS - 1}}}[.!]?$"
     key = {"enum": list(keys)} if keys else _KEY
-    schema = _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)))
-    schema["properties"]["answer"] = {"type": "string", "pattern": answer}
-    return schema
+    return _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)), answer)
 
 
 # Token budgets cover a schema-maximal reply, since the backends refuse JSON cut off by
