@@ -21,7 +21,7 @@ from app.memory.schemas import Fact, MemoryView
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
 MANAGER_PROMPT_VERSION = "manager-v3"
-ANSWER_PROMPT_VERSION = "answer-v3"
+ANSWER_PROMPT_VERSION = "answer-v4"
 
 FACT_MAX_CHARS = 200
 MANAGER_MAX_OPERATIONS = 3
@@ -147,13 +147,33 @@ ANSWER_SCHEMA: dict[str, Any] = _answer_schema(_KEY, ANSWER_MAX_SELECTED, _ANSWE
 
 ANSWER_MAX_WORDS = 14
 ANSWER_WORD_CHARS = 20  # a longer word of the prompt (a link, a digit run) is not offered
-# Words any answer may use besides those of its prompt: yes/no, counts, joins.
-_ANSWER_WORDS = (
-    "yes no not and or the a an of in on at to for with by from is was are were it its he she "
-    "they his her their has have had did does do one two three four five six seven eight nine "
-    "ten once twice"
+# An answer's first word that says something the question does not comes within this many.
+ANSWER_LEAD_WORDS = 6
+# Words any answer may use besides those of its prompt: joins, which say nothing alone, and
+# yes/no and counts, which answer a question by themselves.
+_JOINING_WORDS = (
+    "not and or the a an of in on at to for with by from is was are were it its he she they "
+    "his her their has have had did does do"
 ).split()
+_ANSWERING_WORDS = "yes no one two three four five six seven eight nine ten once twice".split()
+_NUMBER = "[0-9]{1,6}"
 _WORD = re.compile(r"[^\W_]+")
+_SEPARATOR = "[ ,.;:'/-]{1,2}"
+
+
+def _words(text: str) -> set[str]:
+    """The words of ``text`` an answer may use: as written, lower case and capitalised; not
+    memory keys, not longer than ``ANSWER_WORD_CHARS``."""
+    found: set[str] = set()
+    for word in _WORD.findall(text):
+        if len(word) <= ANSWER_WORD_CHARS and not re.fullmatch(_KEY_PATTERN, word):
+            found |= {word, word.lower(), word.capitalize()}
+    return found
+
+
+def _alternatives(words: set[str]) -> str:
+    # Longest first: the regex engine tries alternatives in order.
+    return "|".join([_NUMBER, *sorted(words, key=lambda w: (-len(w), w))])
 
 
 def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
@@ -166,16 +186,22 @@ def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
     joining words, at most ``ANSWER_MAX_WORDS``: the bundled model otherwise spells what it
     half-remembers ("Portuária" where the memory says Portuguese, "SCOTROCK" for Scout,
     "Danish" for green tea). A key is not a word of the prompt here, so no answer lists keys.
-    """
-    words = set(_ANSWER_WORDS)
-    said = _DELIMITERS.sub(" ", prompt).replace("\nQuestion: ", "\n")  # not the markup's
-    for word in _WORD.findall(said):
-        if len(word) <= ANSWER_WORD_CHARS and not re.fullmatch(_KEY_PATTERN, word):
-            words |= {word, word.lower(), word.capitalize()}
-    # Longest first: the regex engine tries alternatives in order.
-    # A number of up to six digits: unbounded, the model wrote "2023.123-0.000000000000000132".
-    word = "|".join(["[0-9]{1,6}", *sorted(words, key=lambda w: (-len(w), w))])
-    answer = f"^({word})([ ,.;:'/-]{{1,2}}({word})){{0,{ANSWER_MAX_WORDS - 1}}}[.!]?$"
+
+    Within its first ``ANSWER_LEAD_WORDS + 1`` words an answer says something its question
+    does not: a word of the memories only, a number, yes/no or a count. Asked "What is the
+    name of Eve's sister?", the model answered "Eve's sister" and stopped. A question that
+    offers a choice ("... A or B?") is answered in its own words, so it is exempt."""
+    memories, _, question = _DELIMITERS.sub(" ", prompt).rpartition("\nQuestion: ")
+    said = _words(memories) | _words(question) | set(_JOINING_WORDS) | set(_ANSWERING_WORDS)
+    word = _alternatives(said)
+    if re.search(r"\bor\b", question, re.IGNORECASE):
+        news = word
+    else:
+        asked = _words(question) | set(_JOINING_WORDS)
+        news = _alternatives((_words(memories) | set(_ANSWERING_WORDS)) - asked)
+    lead = f"(({word}){_SEPARATOR}){{0,{ANSWER_LEAD_WORDS}}}"
+    rest = f"({_SEPARATOR}({word})){{0,{ANSWER_MAX_WORDS - ANSWER_LEAD_WORDS - 1}}}"
+    answer = f"^{lead}({news}){rest}[.!]?$"
     key = {"enum": list(keys)} if keys else _KEY
     return _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)), answer)
 

@@ -253,6 +253,31 @@ class TestSchemas:
         assert says(" ".join(["dog"] * ANSWER_MAX_WORDS))
         assert not says(" ".join(["dog"] * (ANSWER_MAX_WORDS + 1)))
 
+    def test_an_answer_says_something_its_question_does_not(self) -> None:
+        shown = as_views(
+            [
+                (uuid.uuid4(), "Eve's sister is called Mia, not Mila.", "Eve", None),
+                (uuid.uuid4(), "Eve's sister lives in Porto.", "Eve", None),
+            ]
+        )
+
+        def says(question: str, answer: str) -> bool:
+            user = answer_messages(question, shown)[-1]["content"]
+            schema = answer_schema([m.key for m in shown], user)
+            return accepts(schema, json.dumps({"selected": [], "answer": answer}))
+
+        question = "What is the name of Eve's sister?"
+        for echo in ["Eve's sister", "The name of Eve's sister is", "sister", "Name"]:
+            assert not says(question, echo), echo
+        for right in ["Mia", "Eve's sister is called Mia", "no", "2", "two"]:
+            assert says(question, right), right
+        # The news comes early: six words may lead it ("Eve's" is two), not seven.
+        assert says(question, "The name of Eve's sister: Mia")
+        assert not says(question, "The name of the Eve's sister: Mia")
+        # A question offering a choice is answered in its own words.
+        assert says("Is Eve's sister called Mia or Mila?", "Mia")
+        assert not says("Is Eve's sister called Mia?", "Mia")
+
     @pytest.mark.parametrize("keys", ["m1, m2, m3", "M1: She plans to visit Rome", "m12"])
     def test_an_answer_does_not_start_with_memory_keys(self, keys: str) -> None:
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["m1"], "answer": keys}))
