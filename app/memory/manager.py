@@ -85,7 +85,10 @@ class _Validator:
                 return self._add(text)
             case OpKind.UPDATE:
                 target = self._target(raw, kind)
-                return self._change(kind, target, self._grounded(self._text(raw, kind), target))
+                text = self._text(raw, kind)
+                if self.fact is not None and text_key(text) == text_key(target.text):
+                    return self._merge(raw, target, self.fact)
+                return self._change(kind, target, self._grounded(text, target))
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
 
@@ -99,6 +102,18 @@ class _Validator:
             raise _Rejected("ADD repeats an earlier ADD")
         self.added.add(key)
         return Operation(kind=OpKind.ADD, memory_id=None, text=text)
+
+    def _merge(self, raw: dict[str, object], target: MemoryView, fact: Fact) -> Operation:
+        """An UPDATE that writes ``target`` out unchanged says the fact belongs to it but
+        leaves the fact out (asked about "another dog, Scout", the bundled Manager copied the
+        Buddy memory): the fact is appended, unless the guard finds it a restatement."""
+        text = self._grounded(f"{target.text} {fact.text}", target)
+        if len(text) > self.max_text_chars:
+            raise _Rejected(f"UPDATE left {target.key} unchanged, which is too long to merge into")
+        operation = self._change(OpKind.UPDATE, target, text)
+        reason = f"UPDATE left {target.key} unchanged: the fact is merged into it"
+        self.trimmed.append(RejectedOperation(raw=raw, reason=reason))
+        return operation
 
     def _change(self, kind: OpKind, target: MemoryView, text: str | None) -> Operation:
         if target.key in self.touched:
@@ -156,7 +171,9 @@ def validate_operations(
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
     another ADD or a listed memory, an UPDATE that leaves the text as it was. With ``fact``,
-    an ADD adds the fact (its text is ignored) and an UPDATE's text is checked by
+    an ADD adds the fact (its text is ignored), an UPDATE that writes its memory out
+    unchanged appends the fact to it (recorded among the rejections; rejected as unchanged
+    when the fact only restates the memory), and an UPDATE's text is checked by
     ``app.memory.guard`` against the fact and the memory it changes: unsupported or repeated
     sentences are cut, each recorded among the rejections, and an UPDATE left with no text is
     rejected. An ADD's id, a DELETE's text and a NOOP are ignored. A wrongly shaped output is

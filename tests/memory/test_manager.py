@@ -421,3 +421,28 @@ class TestGroundedTexts:
             "repeats an earlier sentence",
             "repeats the start of an earlier sentence",
         ]
+
+    def test_an_update_that_copies_its_memory_merges_the_fact_into_it(self) -> None:
+        shown = bank("Andrew adopted a dog named Buddy.")
+        copied = op("UPDATE", "m1", "andrew adopted a dog named buddy")
+        operations, rejected = validate_operations(output(copied), shown, fact=self.FACT)
+        merged = (
+            "Andrew adopted a dog named Buddy. On 3 June 2023, Andrew adopted another dog, Scout."
+        )
+        assert operations == [Operation(OpKind.UPDATE, shown[0].id, merged)]
+        assert [(r.raw, r.reason) for r in rejected] == [
+            (copied, "UPDATE left m1 unchanged: the fact is merged into it")
+        ]
+        # A fact that only restates the memory leaves it unchanged: nothing to merge.
+        again = Fact("On 3 June 2023, Andrew adopted a dog named Buddy.", "Andrew", JUNE_3)
+        operations, rejected = validate_operations(output(copied), shown, fact=again)
+        assert operations == []
+        assert [r.reason for r in rejected] == [
+            "UPDATE leaves m1 unchanged",
+            "repeats an earlier sentence",  # the guard's cut of the fact, as it logs every cut
+        ]
+        # A memory the fact would make too long is not merged into.
+        operations, rejected = validate_operations(
+            output(copied), shown, max_text_chars=40, fact=self.FACT
+        )
+        assert operations == [] and "too long to merge into" in rejected[0].reason
