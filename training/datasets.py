@@ -29,11 +29,9 @@ from app.memory.guard import check
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
     answer_messages,
-    answer_schema,
     extraction_messages,
     format_date,
     manager_messages,
-    manager_schema,
     mentions,
 )
 from app.memory.schemas import Fact, MemoryView, rekey
@@ -238,16 +236,6 @@ def manager_row(
         "gold": gold,
         "category": category,
     }
-
-
-def serving_schema(agent: str, row: Row) -> dict[str, Any]:
-    """The JSON schema serving decodes ``row``'s reply under: an answer names the shown
-    memories' keys and uses its prompt's words, a decision changes only listed candidates."""
-    if agent == "answer":
-        return answer_schema(row["memory_keys"], row["prompt"][-1]["content"])
-    if agent == "manager":
-        return manager_schema([memory_from_dict(m) for m in row["candidates"]])
-    raise ValueError(f"no per-row schema for the {agent} agent")
 
 
 def _questions(conv: Conversation, categories: Iterable[int]) -> list[QA]:

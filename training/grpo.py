@@ -10,7 +10,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +31,7 @@ from app.core.config import LLMSettings, get_settings
 from app.llm.grammar import JsonGrammar
 from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
 from training.config import GRPOJobConfig
-from training.datasets import Retriever, load_encoder, serving_schema
+from training.datasets import Retriever, load_encoder
 from training.model import load_base_model, training_dtype
 from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
 from training.validate import ServingAnswerer, open_backend
@@ -214,12 +214,6 @@ def run_grpo(
     if not rows:
         raise ValueError("no training rows fit max_prompt_length; raise it or shorten prompts")
     reporter = Reporter(progress, should_stop)
-    rendered = render_rows(rows, config.agent, tokenizer)
-    # Each prompt is sampled under the grammar serving gives that very prompt.
-    schemas = {
-        row["prompt"]: json.dumps(serving_schema(config.agent, source))
-        for row, source in zip(rendered, rows, strict=True)
-    }
     reward, close = _reward(config, retriever, serving or get_settings().llm)
     try:
         with warnings.catch_warnings():
@@ -230,13 +224,11 @@ def run_grpo(
                 # TRL types rewards as returning list[float | None]; list is invariant.
                 reward_funcs=[reward],  # type: ignore[list-item]
                 args=trl_config(config),
-                train_dataset=Dataset.from_list(rendered),
+                train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
                 processing_class=tokenizer,
                 callbacks=[reporter],
                 peft_config=lora_config(config),
-                rollout_func=(
-                    constrained_rollout(config.agent, schemas) if config.constrained else None
-                ),
+                rollout_func=constrained_rollout(config.agent) if config.constrained else None,
             )
         trainer.train()
     finally:
@@ -248,23 +240,18 @@ def run_grpo(
     return TrainResult(config.output_dir, metrics, reporter.history, reporter.stopped)
 
 
-def constrained_rollout(
-    agent: str, schemas: Mapping[str, str] | None = None
-) -> Callable[[list[str], GRPOTrainer], dict[str, Any]]:
+def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[str, Any]]:
     """A TRL rollout function that samples the policy under the agent's serving grammar.
 
     Free samples of a small model are rarely valid JSON, so every group would score the same
     format failure and GRPO would see no signal; under the grammar every sample parses and the
-    rewards differ by content. ``schemas`` maps each rendered prompt to the schema serving
-    decodes it under (``training.datasets.serving_schema``: an answer of its prompt's words,
-    a decision on its listed candidates); without it every prompt gets the agent's general
-    schema. The samples' log-probabilities are then taken under the unmasked policy, as TRL
-    does for its own samples, which also teaches the format.
+    rewards differ by content. The samples' log-probabilities are then taken under the
+    unmasked policy, as TRL does for its own samples, which also teaches the format.
 
     Generation runs as TRL's own does: on the model unwrapped from its distributed wrapper,
     with gradient checkpointing (on for GPU training) off while it generates and restored
     for the backward pass."""
-    general = json.dumps(SCHEMA[agent])
+    schema = json.dumps(SCHEMA[agent])
     prefix = RESPONSE_PREFIX[agent]
     grammar: JsonGrammar | None = None  # built on the first call, for the trainer's tokenizer
 
@@ -276,7 +263,6 @@ def constrained_rollout(
         if grammar is None:
             grammar = JsonGrammar(tokenizer, int(model.config.vocab_size), stop_ids)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        row_schemas = [general if schemas is None else schemas[p] for p in prompts]
         inputs = tokenizer.pad(
             {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
         ).to(trainer.accelerator.device)
@@ -293,7 +279,7 @@ def constrained_rollout(
             output = policy.generate(
                 **inputs,
                 generation_config=trainer.generation_config,
-                logits_processor=LogitsProcessorList([grammar.mask(row_schemas, prefix)]),
+                logits_processor=LogitsProcessorList([grammar.mask(schema, len(prompts), prefix)]),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         return {

@@ -13,7 +13,6 @@ from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
 from training import grpo
 from training.config import GRPOJobConfig
-from training.datasets import serving_schema
 from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
 from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
@@ -198,34 +197,6 @@ def test_constrained_rollout_samples_only_replies_that_parse(agent: str, base_di
         assert completion[-1] == eos[0]
         text = rows[0]["response_prefix"] + tokenizer.decode(completion, skip_special_tokens=True)
         assert isinstance(json.loads(text)[key], list)
-
-
-@pytest.mark.model
-def test_each_prompt_is_sampled_under_its_own_schema(base_dir: Path) -> None:
-    """Serving decodes every answer under a schema of its own prompt; the rollout samples each
-    prompt under the schema it is given, not one schema for the whole batch."""
-    model, tokenizer = load_base_model(base_dir)
-    trainer = rollout_view(model, tokenizer, ANSWER_MAX_TOKENS, do_sample=True, temperature=1.0)
-    sources = tiny_rows()[:2]
-    rows = render_rows(sources, "answer", tokenizer)
-    schemas = {
-        r["prompt"]: json.dumps(serving_schema("answer", s))
-        for r, s in zip(rows, sources, strict=True)
-    }
-    only_buddy = serving_schema("answer", sources[1])
-    only_buddy["properties"]["answer"]["pattern"] = "^Buddy$"
-    schemas[rows[1]["prompt"]] = json.dumps(only_buddy)
-    prompts = [row["prompt"] for row in rows for _ in range(2)]
-    torch.manual_seed(0)
-    output = constrained_rollout("answer", schemas)(prompts, trainer)
-    replies = [
-        json.loads(rows[0]["response_prefix"] + tokenizer.decode(c, skip_special_tokens=True))
-        for c in output["completion_ids"]
-    ]
-    assert [r["answer"] for r in replies[2:]] == ["Buddy", "Buddy"]
-    assert all(r["answer"] != "Buddy" for r in replies[:2])
-    with pytest.raises(KeyError):
-        constrained_rollout("answer", schemas)(["a prompt nobody rendered"], trainer)
 
 
 def test_grpo_leaves_the_extractor_to_sft(tmp_path: Path) -> None:
