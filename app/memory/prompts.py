@@ -156,6 +156,7 @@ _JOINING_WORDS = (
     "his her their has have had did does do"
 ).split()
 _ANSWERING_WORDS = "yes no one two three four five six seven eight nine ten once twice".split()
+# A number of up to six digits: unbounded, the model wrote "2023.123-0.000000000000000132".
 _NUMBER = "[0-9]{1,6}"
 _WORD = re.compile(r"[^\W_]+")
 _SEPARATOR = "[ ,.;:'/-]{1,2}"
