@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import check
-from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema
+from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema, mentions
 from app.memory.schemas import (
     Fact,
     MemoryView,
@@ -88,7 +88,9 @@ class _Validator:
                 text = self._text(raw, kind)
                 if self.fact is not None and text_key(text) == text_key(target.text):
                     return self._merge(raw, target, self.fact)
-                return self._change(kind, target, self._grounded(text, target))
+                return self._change(
+                    kind, target, self._same_person(self._grounded(text, target), target)
+                )
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
 
@@ -114,6 +116,17 @@ class _Validator:
         reason = f"UPDATE left {target.key} unchanged: the fact is merged into it"
         self.trimmed.append(RejectedOperation(raw=raw, reason=reason))
         return operation
+
+    @staticmethod
+    def _same_person(text: str, target: MemoryView) -> str:
+        """``text``, when it still names the person ``target`` is about (its speaker, where
+        the memory names them): an UPDATE changes what a memory says about someone, never
+        whom. The bundled Manager replaced "Jon lost his job as a banker ..." with Gina's
+        lost job, losing Jon's."""
+        who = target.speaker
+        if who and mentions(target.text, who) and not mentions(text, who):
+            raise _Rejected(f"UPDATE text does not name {who!r:.40}, whom {target.key} is about")
+        return text
 
     def _change(self, kind: OpKind, target: MemoryView, text: str | None) -> Operation:
         if target.key in self.touched:
@@ -170,7 +183,8 @@ def validate_operations(
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
-    another ADD or a listed memory, an UPDATE that leaves the text as it was. With ``fact``,
+    another ADD or a listed memory, an UPDATE that leaves the text as it was or no longer
+    names the speaker its memory names (it would be about someone else). With ``fact``,
     an ADD adds the fact (its text is ignored), an UPDATE that writes its memory out
     unchanged appends the fact to it (recorded among the rejections; rejected as unchanged
     when the fact only restates the memory), and an UPDATE's text is checked by

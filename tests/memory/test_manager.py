@@ -446,3 +446,14 @@ class TestGroundedTexts:
             output(copied), shown, max_text_chars=40, fact=self.FACT
         )
         assert operations == [] and "too long to merge into" in rejected[0].reason
+
+    def test_an_update_keeps_the_person_its_memory_is_about(self) -> None:
+        jon = MemoryView("m1", uuid.uuid4(), "Jon lost his job as a banker.", "Jon", MAY_8)
+        gina = Fact("On 3 June 2023, Gina lost her job at Door Dash.", "Gina", JUNE_3)
+        swapped = op("UPDATE", "m1", "Gina lost her job at Door Dash.")
+        operations, rejected = validate_operations(output(swapped), [jon], fact=gina)
+        assert operations == []
+        assert [r.reason for r in rejected] == ["UPDATE text does not name 'Jon', whom m1 is about"]
+        both = op("UPDATE", "m1", "Jon lost his job as a banker. Gina lost her job at Door Dash.")
+        operations, _ = validate_operations(output(both), [jon], fact=gina)
+        assert [o.kind for o in operations] == [OpKind.UPDATE]
