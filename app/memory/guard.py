@@ -156,6 +156,20 @@ def content_stems(text: str, speaker: str | None = None) -> frozenset[str]:
     return frozenset(stems | set(DATE.findall(text)))
 
 
+def names(text: str) -> frozenset[str]:
+    """The capitalised words of ``text`` that name someone or something ("Jon", "Luna",
+    "Door", "Dash"), folded: not stopwords ("On", "She"), months, weekdays or "I"."""
+    return frozenset(
+        folded
+        for word in _WORD.findall(text)
+        if word[0].isupper()
+        and (folded := word.casefold()) not in _STOPWORDS
+        and folded not in _MONTHS
+        and folded not in _WEEKDAYS
+        and word != "I"
+    )
+
+
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 

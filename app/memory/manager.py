@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
-from app.memory.guard import check
-from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema, mentions
+from app.memory.guard import check, names
+from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema
 from app.memory.schemas import (
     Fact,
     MemoryView,
@@ -89,7 +89,7 @@ class _Validator:
                 if self.fact is not None and text_key(text) == text_key(target.text):
                     return self._merge(raw, target, self.fact)
                 return self._change(
-                    kind, target, self._same_person(self._grounded(text, target), target)
+                    kind, target, self._same_subject(self._grounded(text, target), target)
                 )
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
@@ -118,14 +118,15 @@ class _Validator:
         return operation
 
     @staticmethod
-    def _same_person(text: str, target: MemoryView) -> str:
-        """``text``, when it still names the person ``target`` is about (its speaker, where
-        the memory names them): an UPDATE changes what a memory says about someone, never
-        whom. The bundled Manager replaced "Jon lost his job as a banker ..." with Gina's
-        lost job, losing Jon's."""
-        who = target.speaker
-        if who and mentions(target.text, who) and not mentions(text, who):
-            raise _Rejected(f"UPDATE text does not name {who!r:.40}, whom {target.key} is about")
+    def _same_subject(text: str, target: MemoryView) -> str:
+        """``text``, when it names someone or something ``target`` names (or ``target``
+        names nothing): an UPDATE changes what a memory says about someone, never whom.
+        The bundled Manager replaced "Jon lost his job as a banker ..." with Gina's lost job,
+        losing Jon's; "Finn has a cat named Luna." -> "Luna died ..." keeps Luna."""
+        named = names(target.text)
+        if named and not named & names(text):
+            listed = ", ".join(sorted(named))
+            raise _Rejected(f"UPDATE text names none of what {target.key} is about ({listed})")
         return text
 
     def _change(self, kind: OpKind, target: MemoryView, text: str | None) -> Operation:
@@ -183,8 +184,8 @@ def validate_operations(
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
-    another ADD or a listed memory, an UPDATE that leaves the text as it was or no longer
-    names the speaker its memory names (it would be about someone else). With ``fact``,
+    another ADD or a listed memory, an UPDATE that leaves the text as it was or names none
+    of the names its memory has (it would be about someone else). With ``fact``,
     an ADD adds the fact (its text is ignored), an UPDATE that writes its memory out
     unchanged appends the fact to it (recorded among the rejections; rejected as unchanged
     when the fact only restates the memory), and an UPDATE's text is checked by

@@ -453,7 +453,13 @@ class TestGroundedTexts:
         swapped = op("UPDATE", "m1", "Gina lost her job at Door Dash.")
         operations, rejected = validate_operations(output(swapped), [jon], fact=gina)
         assert operations == []
-        assert [r.reason for r in rejected] == ["UPDATE text does not name 'Jon', whom m1 is about"]
+        assert [r.reason for r in rejected] == ["UPDATE text names none of what m1 is about (jon)"]
         both = op("UPDATE", "m1", "Jon lost his job as a banker. Gina lost her job at Door Dash.")
         operations, _ = validate_operations(output(both), [jon], fact=gina)
         assert [o.kind for o in operations] == [OpKind.UPDATE]
+        # A change of what is said about a name the memory has: "Luna" in both.
+        luna = MemoryView("m1", uuid.uuid4(), "Finn has a cat named Luna.", "Finn", MAY_8)
+        died = Fact("On 3 June 2023, Luna died last week.", "Finn", JUNE_3)
+        update = op("UPDATE", "m1", "Luna died the week before 3 June 2023.")
+        operations, rejected = validate_operations(output(update), [luna], fact=died)
+        assert [o.kind for o in operations] == [OpKind.UPDATE] and rejected == []
