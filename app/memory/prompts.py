@@ -151,11 +151,15 @@ ANSWER_WORD_CHARS = 20  # a longer word of the prompt (a link, a digit run) is n
 ANSWER_LEAD_WORDS = 6
 # Words any answer may use besides those of its prompt: joins, which say nothing alone, and
 # yes/no and counts, which answer a question by themselves.
-_JOINING_WORDS = (
-    "not and or the a an of in on at to for with by from is was are were it its he she they "
-    "his her their has have had did does do"
-).split()
-_ANSWERING_WORDS = "yes no one two three four five six seven eight nine ten once twice".split()
+_JOINING_WORDS = frozenset(
+    (
+        "not and or the a an of in on at to for with by from is was are were it its he she they "
+        "his her their has have had did does do"
+    ).split()
+)
+_ANSWERING_WORDS = frozenset(
+    "yes no one two three four five six seven eight nine ten once twice".split()
+)
 # A number of up to six digits: unbounded, the model wrote "2023.123-0.000000000000000132".
 _NUMBER = "[0-9]{1,6}"
 _WORD = re.compile(r"[^\W_]+")
@@ -193,13 +197,12 @@ def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
     name of Eve's sister?", the model answered "Eve's sister" and stopped. A question that
     offers a choice ("... A or B?") is answered in its own words, so it is exempt."""
     memories, _, question = _DELIMITERS.sub(" ", prompt).rpartition("\nQuestion: ")
-    said = _words(memories) | _words(question) | set(_JOINING_WORDS) | set(_ANSWERING_WORDS)
-    word = _alternatives(said)
+    shown, asked = _words(memories), _words(question)
+    word = _alternatives(shown | asked | _JOINING_WORDS | _ANSWERING_WORDS)
     if re.search(r"\bor\b", question, re.IGNORECASE):
         news = word
     else:
-        asked = _words(question) | set(_JOINING_WORDS)
-        news = _alternatives((_words(memories) | set(_ANSWERING_WORDS)) - asked)
+        news = _alternatives((shown | _ANSWERING_WORDS) - asked - _JOINING_WORDS)
     lead = f"(({word}){_SEPARATOR}){{0,{ANSWER_LEAD_WORDS}}}"
     rest = f"({_SEPARATOR}({word})){{0,{ANSWER_MAX_WORDS - ANSWER_LEAD_WORDS - 1}}}"
     answer = f"^{lead}({news}){rest}[.!]?$"
