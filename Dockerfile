@@ -24,8 +24,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 # llama-cpp-python compiles llama.cpp from source. The image runs on CPUs other than the one
 # that built it, so the build is portable: every x86 variant of the CPU backend is built and
-# the fastest one the running CPU supports is loaded at start (no -march=native).
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF"
+# the fastest one the running CPU supports is loaded at start (no -march=native). No OpenMP:
+# llama.cpp would share the process's libgomp with torch (see the Makefile).
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
 
 # The compiler toolchain only lives in this stage; Debian's release pins its versions.
 # hadolint ignore=DL3008

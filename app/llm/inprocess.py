@@ -177,6 +177,11 @@ class InProcessBackend:
         adapter_idle_s: float | None = None,
         flash_attention: bool = True,
     ) -> None:
+        if b"OPENMP = 1" in llama_cpp.llama_print_system_info():
+            logger.warning(
+                "llama.cpp was built with OpenMP: next to torch it decodes several times "
+                "slower; `make setup` builds it without (-DGGML_OPENMP=OFF)"
+            )
         self.base_model = base_model
         self._adapter_idle_s = adapter_idle_s
         self._max_lora_rank = max_lora_rank

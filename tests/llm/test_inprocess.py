@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -368,6 +369,12 @@ class TestBuildBackend:
             assert (await backend.complete(FACT, max_tokens=4)).completion_tokens > 0
         finally:
             await backend.close()
+
+    def test_llama_cpp_runs_on_its_own_thread_pool(self) -> None:
+        """Built with OpenMP, llama.cpp shares the process's libgomp with torch, whose own copy
+        is loaded first wherever torch is imported first (the embedder, training), and then
+        decodes several times slower. ``make setup`` builds it without."""
+        assert b"OPENMP = 1" not in llama_cpp.llama_print_system_info()
 
     def test_a_model_directory_without_one_gguf_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(Unprocessable, match="exactly one .gguf file"):
