@@ -102,6 +102,7 @@ class _Generate(_Job):
     temperature: float
     max_tokens: int
     matcher: xgr.GrammarMatcher | None  # None: free text
+    head: int = 0  # prompt tokens before its last message: instructions, examples, earlier turns
     fed: int = 0  # tokens of prompt + output already in the key/value cache
     reused: int = 0  # of those, how many came from an earlier request's cache
     output: list[int] = field(default_factory=list)
@@ -135,6 +136,7 @@ class _Sequence:
     id: int
     adapter: str | None = None
     tokens: list[int] = field(default_factory=list)
+    head: int = 0  # the head of the prompt it last served: what it keeps once idle
     job: _Generate | None = None
     used: float = 0.0
 
@@ -152,6 +154,9 @@ class _Lora:
 
 # A shorter start shared with a cached sequence does not make it the one a request takes.
 _MIN_SHARED = 32
+# Idle sequences hold at most this many cells: the agents' heads (about 850 tokens for
+# the three agents' instructions and examples) and room for more adapters' heads.
+_IDLE_CELLS = 2048
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -249,10 +254,12 @@ class InProcessBackend:
         if json_schema is not None:  # a new schema takes a fraction of a second to compile
             grammar = await asyncio.to_thread(self._grammar.compile, json.dumps(json_schema))
             matcher = xgr.GrammarMatcher(grammar)
+        prompt, head = self._tokenize(messages, max_tokens)
         job = _Generate(
             loop=loop,
             future=loop.create_future(),
-            prompt=self._tokenize(messages, max_tokens),
+            prompt=prompt,
+            head=head,
             adapter=adapter,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -295,21 +302,24 @@ class InProcessBackend:
 
     # -- event-loop side ---------------------------------------------------------------------
 
-    def _tokenize(self, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
-        with self._tokenizer_lock:
-            encoded = cast(
-                BatchEncoding,
-                self._tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, return_dict=True
-                ),
+    def _tokenize(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
+        """The prompt's tokens, and how many of them come before its last message."""
+
+        def encode(part: list[dict[str, str]], reply: bool) -> list[int]:
+            encoded = self._tokenizer.apply_chat_template(
+                part, add_generation_prompt=reply, return_dict=True
             )
-        ids: list[int] = encoded["input_ids"]
+            return cast(BatchEncoding, encoded)["input_ids"]
+
+        with self._tokenizer_lock:
+            ids = encode(messages, True)
+            head = _common_prefix(ids, encode(messages[:-1], False)) if len(messages) > 1 else 0
         if len(ids) + max_tokens > self._max_tokens:
             raise BadUpstreamResponse(
                 f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the "
                 f"model's context of {self._max_tokens} tokens"
             )
-        return ids
+        return ids, head
 
     async def _run_in_model_thread(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -454,7 +464,7 @@ class InProcessBackend:
     def _start(self, job: _Generate, target: _Sequence) -> None:
         """Point ``target`` at the longest cached start of ``job``'s prompt, its own or
         another sequence's (at least the last prompt token is left to run: it yields the
-        first new token)."""
+        first new token), and cut back the idle sequences it does not continue."""
         wanted = job.prompt[:-1]
         source, reused = target, 0
         for sequence in self._sequences:
@@ -464,23 +474,28 @@ class InProcessBackend:
                     source, reused = sequence, shared
         memory = self._ctx.memory
         if source is target:
-            if not llama_cpp.llama_memory_seq_rm(memory, target.id, reused, -1):
-                self._clear(target)
-                reused = 0
-            target.tokens = target.tokens[:reused]
+            self._cut(target, reused)
+            reused = len(target.tokens)
         else:
             llama_cpp.llama_memory_seq_rm(memory, target.id, -1, -1)
             if reused:
                 llama_cpp.llama_memory_seq_cp(memory, source.id, target.id, 0, reused)
             target.tokens = job.prompt[:reused]
-        target.adapter, target.job = job.adapter, job
+        target.adapter, target.job, target.head = job.adapter, job, job.head
         job.fed = job.reused = reused
+        self._trim_idle(keep=source if reused >= _MIN_SHARED else None)
         if job.matcher is not None:  # the reply's forced start is fed right after the prompt
             self._jump_forward(job)
 
     def _clear(self, sequence: _Sequence) -> None:
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, sequence.id, -1, -1)
         sequence.tokens = []
+
+    def _cut(self, sequence: _Sequence, keep: int) -> None:
+        if llama_cpp.llama_memory_seq_rm(self._ctx.memory, sequence.id, keep, -1):
+            del sequence.tokens[keep:]
+        else:
+            self._clear(sequence)
 
     def _step(self, running: list[_Generate]) -> None:
         """One ``llama_decode`` for the running requests of one adapter (the one that waited
@@ -591,6 +606,32 @@ class InProcessBackend:
             except BadUpstreamResponse as exc:
                 error = exc
         job.resolve(error=error)
+
+    def _trim_idle(self, keep: _Sequence | None) -> None:
+        """Cut the idle sequences other than ``keep`` back to their prompt's head, then clear
+        the least recently used of them until idle sequences hold at most ``_IDLE_CELLS``
+        cells. Every cached cell costs each later prompt, whichever sequence holds it:
+        llama.cpp's CPU attention reads the mask of every cell for each token it computes (a
+        1.3k-token prompt prefilled at 541 tok/s into an empty cache, 250 with eight others
+        cached). Heads are what later requests share: an agent's instructions and examples."""
+        idle = sorted(
+            (s for s in self._sequences if s.job is None and s is not keep), key=lambda s: s.used
+        )
+        for sequence in idle:
+            if len(sequence.tokens) > sequence.head:
+                self._cut(sequence, sequence.head)
+        for sequence in idle:
+            if self._idle_cells() <= _IDLE_CELLS:
+                return
+            self._clear(sequence)
+
+    def _idle_cells(self) -> int:
+        """Cells the idle sequences hold, a start shared by several counted once."""
+        total, previous = 0, list[int]()
+        for tokens in sorted(s.tokens for s in self._sequences if s.job is None):
+            total += len(tokens) - _common_prefix(previous, tokens)
+            previous = tokens
+        return total
 
     def _sequence_of(self, job: _Generate) -> _Sequence:
         return next(s for s in self._sequences if s.job is job)

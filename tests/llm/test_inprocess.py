@@ -590,6 +590,50 @@ class TestPromptReuse:
         else:
             assert replies[1].text == expected[1]
 
+    async def test_an_idle_prompt_is_cut_back_to_its_head_by_a_request_it_does_not_start(
+        self, serving_model_dir: Path
+    ) -> None:
+        """Every cached cell slows each later prompt, so a request that does not continue an
+        idle prompt cuts that prompt back to its head (the messages before its last one):
+        the memories of an answer go, its instructions stay."""
+        memories = as_views(
+            [(uuid.uuid4(), f"Jon walked to Lisbon on day {i}.", "Jon", None) for i in range(30)]
+        )
+        first, again = (answer_messages(q, memories) for q in ("Where?", "When did Jon walk?"))
+        backend = open_backend(serving_model_dir)
+        try:
+            asked = await backend.complete(first, max_tokens=1)
+            await backend.complete(manager_prompts()[0], max_tokens=1)
+            after = await backend.complete(again, max_tokens=1)
+            repeated = await backend.complete(again, max_tokens=1)
+        finally:
+            await backend.close()
+
+        assert asked.prompt_tokens > 400  # 30 memories
+        assert 50 < after.cached_tokens < 200  # the instructions, not the memories
+        assert repeated.cached_tokens == repeated.prompt_tokens - 1  # continued: kept whole
+
+    async def test_idle_sequences_hold_a_bounded_number_of_cells(
+        self, serving_model_dir: Path
+    ) -> None:
+        """Heads too are cleared, least recently used first, beyond the idle budget."""
+
+        def prompt(n: int) -> list[dict[str, str]]:
+            system = f"Rule {n}: " + " ".join(f"word{n}x{i}" for i in range(200))
+            return [{"role": "system", "content": system}, {"role": "user", "content": "Hi."}]
+
+        backend = open_backend(serving_model_dir, max_batch_size=8)
+        try:
+            heads = [await backend.complete(prompt(n), max_tokens=1) for n in range(6)]
+            newest = await backend.complete(prompt(5), max_tokens=1)
+            oldest = await backend.complete(prompt(0), max_tokens=1)
+        finally:
+            await backend.close()
+
+        assert sum(h.prompt_tokens for h in heads) > 2 * 2048  # more than the budget
+        assert newest.cached_tokens > heads[5].prompt_tokens - 20  # the newest head is kept
+        assert oldest.cached_tokens < 10  # the oldest was cleared
+
     async def test_a_full_batch_of_other_prompts_leaves_a_cached_start(
         self, serving_model_dir: Path
     ) -> None:
