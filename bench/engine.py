@@ -323,12 +323,13 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         )
 
 
-def plot(rows: dict[str, dict[str, Any]]) -> Path:
-    """Grouped bars: prefill and decode tok/s of each engine."""
+def plot(rows: dict[str, dict[str, Any]], paired: list[float]) -> Path:
+    """Grouped bars: prefill and decode tok/s of each engine (whole prompts, nothing reused);
+    beside them the prefill ratios measured in turns, against the target's line."""
     figures = ["prefill_manager_tok_s", "prefill_answer60_tok_s", "decode_tok_s"]
     names = [name for name in rows if "prefill_manager_tok_s" in rows[name]]
-    figure = Figure(figsize=(8, 4))
-    axes = figure.subplots()
+    figure = Figure(figsize=(11, 4))
+    axes, turns = figure.subplots(1, 2, width_ratios=[3, 1.3])
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         values = [rows[name][f] for f in figures]
@@ -338,6 +339,13 @@ def plot(rows: dict[str, dict[str, Any]]) -> Path:
     axes.set_ylabel("tokens / s (single stream)")
     axes.set_title("Embedded engine: transformers fp32 vs llama.cpp")
     axes.legend()
+    turns.plot(range(1, len(paired) + 1), paired, "o-")
+    turns.axhline(1, color="grey", linestyle="--", label="target")
+    turns.set_ylim(0, max([1.5, *paired]))
+    turns.set_xlabel("round")
+    turns.set_ylabel("llama.cpp / transformers")
+    turns.set_title("Prefill, 60 memories, in turns")
+    turns.legend()
     figure.tight_layout()
     path = OUT_DIR / "engine.png"
     figure.savefig(path, dpi=120)
@@ -415,7 +423,7 @@ async def main(args: argparse.Namespace) -> int:
             "targets": [t.as_dict() for t in targets],
         },
     )
-    print(f"\nwritten to {path} and {plot(rows)}")
+    print(f"\nwritten to {path} and {plot(rows, paired)}")
     return 0 if all(t.passed for t in targets) else 1
 
 
