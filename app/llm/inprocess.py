@@ -610,10 +610,11 @@ class InProcessBackend:
     def _trim_idle(self, keep: _Sequence | None) -> None:
         """Cut the idle sequences other than ``keep`` (the one a starting request continues)
         back to their prompt's head, then clear the least recently used of them until idle
-        sequences hold at most ``_IDLE_CELLS`` cells or only ``keep`` is left. Every cached cell costs each later prompt, whichever sequence holds it:
-        llama.cpp's CPU attention reads the mask of every cell for each token it computes (a
-        1.3k-token prompt prefilled at 541 tok/s into an empty cache, 250 with eight others
-        cached). Heads are what later requests share: an agent's instructions and examples."""
+        sequences hold at most ``_IDLE_CELLS`` cells or only ``keep`` is left. Every cached
+        cell costs each later prompt, whichever sequence holds it: llama.cpp's CPU attention
+        reads the mask of every cell for each token it computes (a 1.3k-token prompt
+        prefilled at 541 tok/s into an empty cache, 250 with eight others cached). Heads are
+        what later requests share: an agent's instructions and examples."""
         idle = sorted(
             (s for s in self._sequences if s.job is None and s is not keep), key=lambda s: s.used
         )
