@@ -12,8 +12,13 @@ from dataclasses import dataclass, replace
 
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
-from app.memory.guard import check, names
-from app.memory.prompts import MANAGER_MAX_TOKENS, manager_messages, manager_schema
+from app.memory.guard import check, content_stems, names
+from app.memory.prompts import (
+    MANAGER_MAX_TOKENS,
+    format_date,
+    manager_messages,
+    manager_schema,
+)
 from app.memory.schemas import (
     Fact,
     MemoryView,
@@ -102,8 +107,26 @@ class _Validator:
             raise _Rejected(f"ADD repeats memory {self.stored[key]}")
         if key in self.added:
             raise _Rejected("ADD repeats an earlier ADD")
+        restated = self._restated()
+        if restated is not None:
+            raise _Rejected(f"ADD says nothing that memory {restated} does not")
         self.added.add(key)
         return Operation(kind=OpKind.ADD, memory_id=None, text=text)
+
+    def _restated(self) -> str | None:
+        """The key of a shown memory of the fact's speaker that says all the fact says (its
+        date of mention aside), if any: "I love green tea." said again a month later was
+        added twice by the shipped Manager."""
+        if self.fact is None:
+            return None
+        speaker = self.fact.speaker
+        says = content_stems(self.fact.text, speaker)
+        if self.fact.occurred_at is not None:
+            says -= {format_date(self.fact.occurred_at)}
+        for key, memory in self.by_key.items():
+            if memory.speaker == speaker and says <= content_stems(memory.text, speaker):
+                return key
+        return None
 
     def _merge(self, raw: dict[str, object], target: MemoryView, fact: Fact) -> Operation:
         """An UPDATE that writes ``target`` out unchanged says the fact belongs to it but
@@ -184,7 +207,8 @@ def validate_operations(
     Rejected: ids that are not keys of ``candidates`` (unknown keys, UUIDs, anything pasted
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
-    another ADD or a listed memory, an UPDATE that leaves the text as it was or names none
+    another ADD or a listed memory (with ``fact``: a memory of its speaker that says all the
+    fact says), an UPDATE that leaves the text as it was or names none
     of the names its memory has (it would be about someone else). With ``fact``,
     an ADD adds the fact (its text is ignored), an UPDATE that writes its memory out
     unchanged appends the fact to it (recorded among the rejections; rejected as unchanged

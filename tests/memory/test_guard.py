@@ -94,7 +94,7 @@ class TestCheck:
         assert kept("Gina said she's going to dance at the party tonight.", turn, "Gina") is None
         # A time word outside a time the guard knows still makes the sentence invented.
         turn = "Yesterday I adopted another dog, Scout."
-        checked = check("Ann adopted Scout for the last time.", [turn], "Ann", AT)
+        checked = check("Ann adopted Scout at the last minute.", [turn], "Ann", AT)
         assert checked.text is None
         assert checked.dropped[0][1] == "says 'last', which its source does not"
 
@@ -118,6 +118,15 @@ class TestCheck:
         turn = "I just moved to Seattle for a new job."
         text = "Ben moved to Seattle for a new job and is looking forward to exploring the city."
         assert kept(text, turn, "Ben") == "Ben moved to Seattle for a new job."
+        turn = "I love green tea."
+        # A reason or purpose the turn does not give starts a clause too (the shipped
+        # extractor adapter, in the behaviour suite; whole, the sentence was dropped).
+        text = "Dan enjoys green tea for its calming effects."
+        assert kept(text, turn, "Dan") == "Dan enjoys green tea."
+        turn = "I bought a gift for my mom."
+        assert kept("Ann bought a gift for her mom for her birthday.", turn) == (
+            "Ann bought a gift for her mom."
+        )
         turn = "I love green tea."
         # A start that says one thing alone is not a fact.
         assert kept("Ann loves it, and finds it a calming and relaxing beverage.", turn) is None

@@ -447,6 +447,20 @@ class TestGroundedTexts:
         )
         assert operations == [] and "too long to merge into" in rejected[0].reason
 
+    def test_an_add_of_what_a_memory_of_the_speaker_says_is_rejected(self) -> None:
+        # The behaviour suite's "I love green tea." said twice, a month apart.
+        shown = as_views([(uuid.uuid4(), "On 1 July 2026, Dan enjoys green tea.", "Dan", None)])
+        again = Fact("On 1 August 2026, Dan enjoys green tea.", "Dan", datetime(2026, 8, 1))
+        operations, rejected = validate_operations(output(op("ADD")), shown, fact=again)
+        assert operations == []
+        assert [r.reason for r in rejected] == ["ADD says nothing that memory m1 does not"]
+        # A fact that says more, or the same of someone else, is added.
+        more = Fact("On 1 August 2026, Dan enjoys green tea with honey.", "Dan", None)
+        ann = Fact("On 1 August 2026, Ann enjoys green tea.", "Ann", None)
+        for fact in (more, ann):
+            operations, rejected = validate_operations(output(op("ADD")), shown, fact=fact)
+            assert operations == [Operation(OpKind.ADD, None, fact.text)] and rejected == []
+
     def test_an_update_keeps_the_person_its_memory_is_about(self) -> None:
         jon = MemoryView("m1", uuid.uuid4(), "Jon lost his job as a banker.", "Jon", MAY_8)
         gina = Fact("On 3 June 2023, Gina lost her job at Door Dash.", "Gina", JUNE_3)
