@@ -85,11 +85,10 @@ _TIME_PHRASE = re.compile(
     rf"{_COUNT} (?:day|week|month|year)s? ago)\b",
     re.IGNORECASE,
 )
-# Where a clause starts: a semicolon, or a conjunction that adds to what went before (a comma
-# alone may start a list of what the sentence is about: "two dogs, Buddy and Scout").
-# Where a clause starts: a conjunction, a relative pronoun, or a "for" that gives a reason or
-# a purpose ("Dan enjoys green tea for its calming effects."), which is what the extractor
-# trained on LoCoMo's observations most often adds to a turn.
+# Where a clause starts: a semicolon, a conjunction that adds to what went before, or a "for"
+# that gives a reason or a purpose ("Dan enjoys green tea for its calming effects.", as the
+# extractor trained on LoCoMo's observations writes). A comma alone may start a list of what
+# the sentence is about: "two dogs, Buddy and Scout".
 _CLAUSE = re.compile(r"\s*;\s+|,?\s+(?:and|but|because|which|where|who|while|so|for)\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 _WORD = re.compile(r"[A-Za-z]+|\d+")
@@ -247,10 +246,11 @@ def _supported_start(
 ) -> tuple[str, str] | None:
     """``sentence`` up to its first unsupported clause, or the first that says again what
     the clauses before it said ("Cara works as a nurse at the city hospital and is a nurse
-    at the hospital."), as a sentence, and why that clause goes; None when no clause after
-    the first goes, or what is left is not enough: saying nothing, or (``rescue``: the whole
-    sentence is unsupported) saying fewer than two things or fewer than ``CUT_SUPPORTED`` of
-    them in the sources."""
+    at the hospital."; a clause without content words, "for it", is not one), as a
+    sentence, and why that clause goes; None when no clause after the first goes, or what
+    is left is not enough: saying nothing, or (``rescue``: the whole sentence is
+    unsupported) saying fewer than two things or fewer than ``CUT_SUPPORTED`` of them in
+    the sources."""
     ends = [clause.start() for clause in _CLAUSE.finditer(sentence)]
     if not ends:  # one clause: the sentence's own check has judged it
         return None

@@ -208,15 +208,14 @@ def validate_operations(
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
     another ADD or a listed memory (with ``fact``: a memory of its speaker that says all the
-    fact says), an UPDATE that leaves the text as it was or names none
-    of the names its memory has (it would be about someone else). With ``fact``,
-    an ADD adds the fact (its text is ignored), an UPDATE that writes its memory out
-    unchanged appends the fact to it (recorded among the rejections; rejected as unchanged
-    when the fact only restates the memory), and an UPDATE's text is checked by
-    ``app.memory.guard`` against the fact and the memory it changes: unsupported or repeated
-    sentences are cut, each recorded among the rejections, and an UPDATE left with no text is
-    rejected. An ADD's id, a DELETE's text and a NOOP are ignored. A wrongly shaped output is
-    a single rejection."""
+    fact says), an UPDATE that leaves the text as it was or names none of the names its
+    memory has (it would be about someone else). With ``fact``, an ADD adds the fact (its
+    text is ignored), an UPDATE that writes its memory out unchanged appends the fact to it
+    (recorded among the rejections; rejected as unchanged when the fact only restates the
+    memory), and an UPDATE's text is checked by ``app.memory.guard`` against the fact and the
+    memory it changes: unsupported or repeated sentences are cut, each recorded among the
+    rejections, and an UPDATE left with no text is rejected. An ADD's id, a DELETE's text and
+    a NOOP are ignored. A wrongly shaped output is a single rejection."""
     items = _operation_items(parsed)
     if items is None:
         return [], [RejectedOperation(raw={"output": parsed}, reason=_shape_error(parsed))]

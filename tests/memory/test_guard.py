@@ -127,6 +127,10 @@ class TestCheck:
         assert kept("Ann bought a gift for her mom for her birthday.", turn) == (
             "Ann bought a gift for her mom."
         )
+        # A clause without content words is not a repeat of what went before.
+        assert kept("Ann is grateful for it.", "I am so grateful for it.") == (
+            "Ann is grateful for it."
+        )
         turn = "I love green tea."
         # A start that says one thing alone is not a fact.
         assert kept("Ann loves it, and finds it a calming and relaxing beverage.", turn) is None
