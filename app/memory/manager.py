@@ -6,6 +6,7 @@ only touch the memories the model was shown (by their ``m1``..``mN`` keys), so t
 that names another memory, a UUID or another user's data can never reach the bank.
 """
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
 from app.memory.guard import check, content_stems, names
 from app.memory.prompts import (
+    DATE,
     MANAGER_MAX_TOKENS,
     format_date,
     manager_messages,
@@ -59,6 +61,12 @@ def _shape_error(parsed: object) -> str:
 def malformed_reason(parsed: object) -> str | None:
     """Why ``parsed`` is not a Manager output at all, or None when it has the right shape."""
     return _shape_error(parsed) if _operation_items(parsed) is None else None
+
+
+def _says(text: str, speaker: str | None) -> frozenset[str]:
+    """What ``text`` says: its content stems and dates, and its numbers ("city number 1" is
+    not "city number 0")."""
+    return content_stems(text, speaker) | set(re.findall(r"\d+", DATE.sub(" ", text)))
 
 
 class _Validator:
@@ -120,11 +128,11 @@ class _Validator:
         if self.fact is None:
             return None
         speaker = self.fact.speaker
-        says = content_stems(self.fact.text, speaker)
+        says = _says(self.fact.text, speaker)
         if self.fact.occurred_at is not None:
             says -= {format_date(self.fact.occurred_at)}
         for key, memory in self.by_key.items():
-            if memory.speaker == speaker and says <= content_stems(memory.text, speaker):
+            if memory.speaker == speaker and says <= _says(memory.text, speaker):
                 return key
         return None
 

@@ -454,10 +454,11 @@ class TestGroundedTexts:
         operations, rejected = validate_operations(output(op("ADD")), shown, fact=again)
         assert operations == []
         assert [r.reason for r in rejected] == ["ADD says nothing that memory m1 does not"]
-        # A fact that says more, or the same of someone else, is added.
+        # A fact that says more, another number, or the same of someone else, is added.
         more = Fact("On 1 August 2026, Dan enjoys green tea with honey.", "Dan", None)
+        cups = Fact("On 1 August 2026, Dan enjoys 2 green tea.", "Dan", None)
         ann = Fact("On 1 August 2026, Ann enjoys green tea.", "Ann", None)
-        for fact in (more, ann):
+        for fact in (more, cups, ann):
             operations, rejected = validate_operations(output(op("ADD")), shown, fact=fact)
             assert operations == [Operation(OpKind.ADD, None, fact.text)] and rejected == []
 
