@@ -367,10 +367,10 @@ async def main(args: argparse.Namespace) -> int:
     print("transformers fp32 (reference) ...", flush=True)
     reference = Reference(model_dir, args.threads)
     rows: dict[str, dict[str, Any]] = {"transformers": reference.figures()}
-    served = _label(args.weights[0], Settings().llm.flash_attention)
-    paired: list[float] = []
     # Flash attention as serving runs it, then the other way for the served weight type.
     served_flash = Settings().llm.flash_attention
+    served = _label(args.weights[0], served_flash)
+    paired: list[float] = []
     engines = [(w, served_flash) for w in args.weights] + [(args.weights[0], not served_flash)]
     for weights, flash in engines:
         name = _label(weights, flash)
