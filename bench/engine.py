@@ -14,7 +14,7 @@ least 5x faster than the reference, and prefills no slower (judged on the first 
 listed; the prefill by the median of seven ratios, each measured right after its reference
 pass). Writes ``bench/out/engine.json`` and ``engine.png``; exits 1 when a target fails.
 
-    python -m bench.engine [--weights q8_0,bf16,q4_1] [--threads N]
+    python -m bench.engine [--weights auto,q8_0,bf16,q4_1] [--threads N]
 """
 
 import argparse
@@ -33,7 +33,12 @@ from matplotlib.figure import Figure
 from peft import LoraConfig, get_peft_model
 
 from app.core.config import Settings, Weights
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf, ensure_bundled_model
+from app.llm.bundled import (
+    BUNDLED_MODEL_NAME,
+    ensure_bundled_gguf,
+    ensure_bundled_model,
+    served_weights,
+)
 from app.llm.inprocess import InProcessBackend
 from app.memory.prompts import (
     ANSWER_MAX_TOKENS,
@@ -427,14 +432,21 @@ async def main(args: argparse.Namespace) -> int:
     return 0 if all(t.passed for t in targets) else 1
 
 
+def weight_list(text: str) -> list[Weights]:
+    """The weight types named in ``text`` (comma-separated), ``auto`` as the type it names on
+    this machine, each once, in order."""
+    return list(dict.fromkeys(served_weights(Weights(w)) for w in text.split(",")))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--weights",
-        type=lambda s: [Weights(w) for w in s.split(",")],
-        default=[Weights.q8_0, Weights.bf16, Weights.q4_1],
+        type=weight_list,
+        default="auto,q8_0,bf16,q4_1",
+        help="weight types, the one serving runs first (auto: the type it names here)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)

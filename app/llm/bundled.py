@@ -41,9 +41,19 @@ def ensure_bundled_model(data_dir: Path) -> Path:
     return _build_once(data_dir / "models" / BUNDLED_MODEL_NAME, _convert_gguf)
 
 
+def served_weights(weights: Weights) -> Weights:
+    """The weight type ``weights`` names on this machine: itself, or for ``auto`` bf16 where
+    this build of llama.cpp has AVX512_BF16 (native bf16 dot products), else q8_0."""
+    if weights is not Weights.auto:
+        return weights
+    native_bf16 = b"AVX512_BF16 = 1" in llama_cpp.llama_print_system_info()
+    return Weights.bf16 if native_bf16 else Weights.q8_0
+
+
 def ensure_bundled_gguf(data_dir: Path, weights: Weights) -> Path:
-    """``<data_dir>/models/SmolLM2-135M-Instruct-<weights>``: one GGUF file of that weight type
-    and the tokenizer, the directory the in-process backend serves."""
+    """``<data_dir>/models/SmolLM2-135M-Instruct-<type>``: one GGUF file of the weight type
+    ``weights`` names here and the tokenizer, the directory the in-process backend serves."""
+    weights = served_weights(weights)
     target = data_dir / "models" / f"{BUNDLED_MODEL_NAME}-{weights.value}"
     return _build_once(target, lambda out: _requantise(out, weights))
 

@@ -17,7 +17,12 @@ from transformers import GenerationConfig
 import app.llm.bundled as bundled
 from app.core.config import LLMSettings, Settings, Weights
 from app.core.errors import BadUpstreamResponse, Unprocessable, UnusableOutput
-from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_gguf, ensure_bundled_model
+from app.llm.bundled import (
+    BUNDLED_MODEL_NAME,
+    ensure_bundled_gguf,
+    ensure_bundled_model,
+    served_weights,
+)
 from app.llm.factory import build_backend
 from app.llm.gguf_lora import GGUF_NAME
 from app.llm.inprocess import InProcessBackend
@@ -375,6 +380,22 @@ class TestBuildBackend:
         is loaded first wherever torch is imported first (the embedder, training), and then
         decodes several times slower. ``make setup`` builds it without."""
         assert b"OPENMP = 1" not in llama_cpp.llama_print_system_info()
+
+    @pytest.mark.parametrize(
+        ("system_info", "served"),
+        [
+            (b"CPU : AVX2 = 1 | AVX512 = 1 | AVX512_BF16 = 1 | ", Weights.bf16),
+            (b"CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | ", Weights.q8_0),
+            (b"CPU : NEON = 1 | ARM_FMA = 1 | ", Weights.q8_0),
+        ],
+    )
+    def test_auto_weights_are_bf16_where_llama_cpp_has_native_bf16(
+        self, monkeypatch: pytest.MonkeyPatch, system_info: bytes, served: Weights
+    ) -> None:
+        monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: system_info)
+
+        assert served_weights(Weights.auto) is served
+        assert served_weights(Weights.q4_1) is Weights.q4_1  # a named type is served as named
 
     def test_a_model_directory_without_one_gguf_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(Unprocessable, match="exactly one .gguf file"):
