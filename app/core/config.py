@@ -78,9 +78,10 @@ class LLMSettings(BaseModel):
     weights: Weights = Field(
         Weights.auto,
         description="inprocess, bundled model: the weight type llama.cpp serves. auto: bf16 "
-        "where llama.cpp was built with AVX512_BF16 (on a 2-core AMD EPYC it prefilled an "
-        "answer over 60 memories 28 % faster than q8_0 and decoded 28 % slower; /ask is "
-        "prefill-bound), else q8_0, which decodes fastest (bench/engine.py measures each).",
+        "where llama.cpp was built with AVX512_BF16 (on a 2-core AMD EPYC with it, conv-26 "
+        "ingested in 3.6 min against q8_0's 4.6 and /ask over 60 memories took 2.8 s against "
+        "3.4, though free-text decoding was 11-28 % slower), else q8_0 (bench/engine.py and "
+        "bench/ingest.py measure them).",
     )
     threads: int | None = Field(
         None, ge=1, description="inprocess: llama.cpp threads. Unset: one per CPU core."
