@@ -21,7 +21,7 @@ from app.memory.schemas import Fact, MemoryView
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
 MANAGER_PROMPT_VERSION = "manager-v3"
-ANSWER_PROMPT_VERSION = "answer-v4"
+ANSWER_PROMPT_VERSION = "answer-v5"
 
 FACT_MAX_CHARS = 200
 MANAGER_MAX_OPERATIONS = 3
@@ -162,6 +162,10 @@ _ANSWERING_WORDS = frozenset(
 )
 # A number of up to six digits: unbounded, the model wrote "2023.123-0.000000000000000132".
 _NUMBER = "[0-9]{1,6}"
+# A question that starts with an auxiliary verb asks yes or no, unless it offers a choice.
+_YES_NO_QUESTION = re.compile(
+    r"(do|does|did|is|are|was|were|has|have|had|can|could|will|would|should)\b", re.IGNORECASE
+)
 _WORD = re.compile(r"[^\W_]+")
 _SEPARATOR = "[ ,.;:'/-]{1,2}"
 
@@ -195,17 +199,26 @@ def answer_schema(keys: Sequence[str], prompt: str) -> dict[str, Any]:
     Within its first ``ANSWER_LEAD_WORDS + 1`` words an answer says something its question
     does not: a word of the memories only, a number, yes/no or a count. Asked "What is the
     name of Eve's sister?", the model answered "Eve's sister" and stopped. A question that
-    offers a choice ("... A or B?") is answered in its own words, so it is exempt."""
+    offers a choice ("... A or B?") is answered in its own words, so it is exempt.
+
+    A question that asks yes or no ("Does Mona like coffee?", "Did Jon and Gina both ...?")
+    is answered yes or no first: the trained Answer Agent answered "Do Jon and Gina start
+    businesses out of what they love?" with "Jon and Gina start businesses out together
+    dreams."."""
     memories, _, question = _DELIMITERS.sub(" ", prompt).rpartition("\nQuestion: ")
     shown, asked = _words(memories), _words(question)
     word = _alternatives(shown | asked | _JOINING_WORDS | _ANSWERING_WORDS)
-    if re.search(r"\bor\b", question, re.IGNORECASE):
-        news = word
+    choice = re.search(r"\bor\b", question, re.IGNORECASE)
+    if _YES_NO_QUESTION.match(question.strip()) and not choice:
+        rest = f"({_SEPARATOR}({word})){{0,{ANSWER_MAX_WORDS - 1}}}"
+        answer = f"^(yes|no|Yes|No){rest}[.!]?$"
     else:
-        news = _alternatives((shown | _ANSWERING_WORDS) - asked - _JOINING_WORDS)
-    lead = f"(({word}){_SEPARATOR}){{0,{ANSWER_LEAD_WORDS}}}"
-    rest = f"({_SEPARATOR}({word})){{0,{ANSWER_MAX_WORDS - ANSWER_LEAD_WORDS - 1}}}"
-    answer = f"^{lead}({news}){rest}[.!]?$"
+        news = (
+            word if choice else _alternatives((shown | _ANSWERING_WORDS) - asked - _JOINING_WORDS)
+        )
+        lead = f"(({word}){_SEPARATOR}){{0,{ANSWER_LEAD_WORDS}}}"
+        rest = f"({_SEPARATOR}({word})){{0,{ANSWER_MAX_WORDS - ANSWER_LEAD_WORDS - 1}}}"
+        answer = f"^{lead}({news}){rest}[.!]?$"
     key = {"enum": list(keys)} if keys else _KEY
     return _answer_schema(key, min(ANSWER_MAX_SELECTED, len(keys)), answer)
 

@@ -278,6 +278,24 @@ class TestSchemas:
         assert says("Is Eve's sister called Mia or Mila?", "Mia")
         assert not says("Is Eve's sister called Mia?", "Mia")
 
+    def test_a_yes_no_question_is_answered_yes_or_no_first(self) -> None:
+        shown = as_views([(uuid.uuid4(), "Mona loves coffee and drinks it daily.", "Mona", None)])
+
+        def says(question: str, answer: str) -> bool:
+            user = answer_messages(question, shown)[-1]["content"]
+            schema = answer_schema([m.key for m in shown], user)
+            return accepts(schema, json.dumps({"selected": ["m1"], "answer": answer}))
+
+        for question in ["Does Mona like coffee?", "did Mona drink coffee daily?", "Is it so?"]:
+            for right in ["yes", "Yes, Mona loves coffee.", "No", "no, daily"]:
+                assert says(question, right), (question, right)
+            for wrong in ["Mona loves coffee", "coffee", "Yesterday", "2"]:
+                assert not says(question, wrong), (question, wrong)
+        # A choice is answered in its own words; other questions need no yes or no.
+        assert says("Does Mona like coffee or tea?", "coffee")
+        assert says("What does Mona drink?", "coffee daily")
+        assert says("Who drinks coffee?", "Mona")
+
     @pytest.mark.parametrize("keys", ["m1, m2, m3", "M1: She plans to visit Rome", "m12"])
     def test_an_answer_does_not_start_with_memory_keys(self, keys: str) -> None:
         assert not accepts(ANSWER_SCHEMA, json.dumps({"selected": ["m1"], "answer": keys}))
