@@ -22,6 +22,9 @@ is kept or a Manager text is applied, each of its sentences is checked against i
   sentence's start is kept that way when it says at least two things, two in three of them in
   its sources ("Dan enjoys green tea and finds it calming." -> "Dan enjoys green tea."), else
   the sentence is dropped;
+- a sentence about the speaker alone is dropped when the sentence of its sources it draws most
+  on speaks of "you" and not of "I" or "we": the turn said it of the one spoken to ("Jon's
+  store is growing." from Jon's "Looks like your store is growing.");
 - relative dates are resolved against the turn's date: "yesterday" -> "on 2 December 2026",
   "last week" -> "the week before 3 December 2026", "two days ago" -> "two days before 3
   December 2026".
@@ -95,6 +98,10 @@ _WORD = re.compile(r"[A-Za-z]+|\d+")
 _OPENING_DATE = re.compile(rf"^On ({DATE.pattern}),?\s*")
 _LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
+# What a turn shows ("[shares a photo: ...]") is a statement of its own.
+_CAPTION = re.compile(r"(\[[^\]]*\])")
+_SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
+_FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 # Two to eight words, then the same words again ("in June 2023 in June 2023").
 _STUTTER = re.compile(r"\b([\w']+(?:[ ,]+[\w']+){1,7})[ ,]+\1\b", re.IGNORECASE)
 # A tag's start ("<fact>", "</context:") or a brace: the prompt's markup or the JSON's.
@@ -219,6 +226,32 @@ def _unsupported(
         supported += found
     if content and supported / content < min_supported:
         return f"only {supported} of its {content} content words are in its source"
+    return None
+
+
+def _of_listener(sentence: str, sources: list[str], speaker: str | None) -> str | None:
+    """Why ``sentence`` says of ``speaker`` what its sources say of the one spoken to, or
+    None. It does when it is about the speaker alone (the speaker's name comes first and no
+    other name follows) and the source sentence sharing the most content words with it
+    speaks of "you" and not of "I" or "we": the extractor wrote "Jon finds a perfect spot
+    for his store." for Jon's "Wow, Gina! You found the perfect spot for your store."."""
+    own = {w.casefold() for w in _WORD.findall(speaker or "")}
+    words = _WORD.findall(undated(_LABEL.sub("", sentence)))
+    if not own or not words or words[0].casefold() not in own or not names(sentence) <= own:
+        return None
+    said = content_stems(sentence, speaker)
+    shared, source = max(
+        (
+            (len(said & content_stems(s)), s)
+            for part in _CAPTION.split(" ".join(sources))
+            for s in sentences(part)
+        ),
+        key=lambda pair: pair[0],
+        default=(0, ""),
+    )
+    person = {w.casefold() for w in _WORD.findall(source)}
+    if shared and person & _SECOND_PERSON and not person & _FIRST_PERSON:
+        return f"says of {speaker} what its source says of the one spoken to"
     return None
 
 
@@ -384,6 +417,8 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
         seen.add(key)
         if sentence.endswith("?"):
             reason: str | None = "a question, which states nothing"
+        elif (listener := _of_listener(sentence, sources, speaker)) is not None:
+            reason = listener
         else:
             strictness = CUT_SUPPORTED if times else MIN_SUPPORTED
             reason = _unsupported(sentence, known, allowed, min_supported=strictness)

@@ -177,6 +177,24 @@ class TestCheck:
     def test_a_looping_sentence_is_dropped(self) -> None:
         assert kept("Ann likes tea tea tea tea tea.", "I like tea.") is None
 
+    def test_what_the_turn_says_of_the_one_spoken_to_is_not_the_speakers(self) -> None:
+        turn = "Wow, Gina! You found the perfect spot for your store. Way to go!"
+        fact = "On 3 December 2026, Jon found the perfect spot for his store."
+        checked = check(fact, [turn], "Jon", AT)
+        assert checked.text is None
+        assert checked.dropped == [(fact, "says of Jon what its source says of the one spoken to")]
+        assert kept("Jon's store is growing.", "Looks like your store is growing!", "Jon") is None
+        # Said of the one spoken to, by name, it stays.
+        assert kept("Gina found the perfect spot for her store.", turn, "Jon")
+        # The speaker's own: the sentence it comes from speaks of "I", "my" or "we".
+        assert kept(
+            "Jon found a spot for his store.", "You know what, I found a spot for my store!", "Jon"
+        )
+        assert kept("Jon found a spot for his store.", "We found a spot for our store.", "Jon")
+        # What the turn shows is the speaker's, whatever the sentence before it says to whom.
+        shows = "Good luck, you got this! [shares a photo: a red dress on a mannequin]"
+        assert kept("Ann shared a photo of a red dress on a mannequin.", shows)
+
     def test_the_speaker_and_another_source_count(self) -> None:
         fact = "On 3 December 2026, Ann adopted another dog, Scout."
         memory = "Ann adopted a dog named Buddy."
