@@ -100,6 +100,8 @@ _LABEL = re.compile(rf"^[A-Z][\w' -]{{0,40}}?(?: on {DATE.pattern})?:\s*")
 _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
 # What a turn shows ("[shares a photo: ...]") is a statement of its own.
 _CAPTION = re.compile(r"(\[[^\]]*\])")
+# One word three or more times in a row, whatever the separators ("ten'ten'ten").
+_LOOP = re.compile(r"\b(\w+)(?:[\W_]{1,2}\1\b){2,}", re.IGNORECASE)
 _SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
 _FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 # Two to eight words, then the same words again ("in June 2023 in June 2023").
@@ -348,10 +350,11 @@ def _once(match: re.Match[str]) -> str:
 
 def drop_repeats(text: str) -> str:
     """``text`` without the sentences that say (or start, or partly say) again one before
-    them, each saying what it says once."""
+    them, each saying what it says once, and a word said three or more times in a row once
+    ("Gina is a positive and kinda kinda kinda kinda" -> "... and kinda")."""
     kept: list[str] = []
     seen: set[str] = set()
-    for sentence in map(say_once, sentences(text)):
+    for sentence in map(say_once, sentences(_LOOP.sub(r"\1", text))):
         key = sentence_key(sentence)
         if _repeats(key, seen) is None:
             seen.add(key)

@@ -255,6 +255,14 @@ def test_an_answer_says_its_words_once() -> None:
     shown = as_views([(uuid.uuid4(), "Mel plans a camping trip in June 2023.", "Mel", None)])
     reply = {"selected": ["m1"], "answer": "in June 2023 in June 2023 in June 2023"}
     assert parse_answer(reply, shown)[1] == "in June 2023"
+    for looping, once in [
+        ("Mel is a positive and kinda kinda kinda kinda kinda", "Mel is a positive and kinda"),
+        ("Mel'seven'ten'ten'ten'ten'ten", "Mel'seven'ten"),
+        ("camping.company.company.company", "camping.company"),
+    ]:
+        assert parse_answer({"selected": [], "answer": looping}, shown)[1] == once
+    # Twice is how people talk.
+    assert parse_answer({"selected": [], "answer": "bye bye, Mel"}, shown)[1] == "bye bye, Mel"
 
 
 def test_of_two_facts_saying_the_same_the_one_saying_more_is_kept() -> None:
