@@ -29,9 +29,11 @@ from app.memory.guard import check
 from app.memory.prompts import (
     DEFAULT_MAX_FACTS,
     answer_messages,
+    answer_schema,
     extraction_messages,
     format_date,
     manager_messages,
+    manager_schema,
     mentions,
 )
 from app.memory.schemas import Fact, MemoryView, rekey
@@ -236,6 +238,16 @@ def manager_row(
         "gold": gold,
         "category": category,
     }
+
+
+def serving_schema(agent: str, row: Row) -> dict[str, Any]:
+    """The JSON schema serving decodes ``row``'s reply under (it depends on the prompt: the
+    memory keys shown, the candidates, the question's words), for validation and rollouts."""
+    if agent == "answer":
+        return answer_schema(row["memory_keys"], row["prompt"][-1]["content"])
+    if agent == "manager":
+        return manager_schema([memory_from_dict(m) for m in row["candidates"]])
+    raise ValueError(f"no reply schema for {agent} rows")
 
 
 def _questions(conv: Conversation, categories: Iterable[int]) -> list[QA]:

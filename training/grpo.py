@@ -10,7 +10,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,9 +29,8 @@ from trl.models.utils import unwrap_model_for_generation
 
 from app.core.config import LLMSettings, get_settings
 from app.llm.grammar import JsonGrammar
-from app.memory.prompts import ANSWER_SCHEMA, MANAGER_SCHEMA
 from training.config import GRPOJobConfig
-from training.datasets import Retriever, load_encoder
+from training.datasets import Retriever, load_encoder, serving_schema
 from training.model import load_base_model, training_dtype
 from training.rewards import RewardFunc, answer_reward, manager_outcome_reward
 from training.validate import ServingAnswerer, open_backend
@@ -50,7 +49,7 @@ RESPONSE_PREFIX = {
     "manager": '{"operations": [',
     "extractor": '{"facts": [',
 }
-SCHEMA = {"answer": ANSWER_SCHEMA, "manager": MANAGER_SCHEMA}
+GRPO_AGENTS = ("answer", "manager")
 
 # TRL's log keys -> the names progress reports use.
 _REPORTED = {
@@ -133,6 +132,18 @@ def render_rows(rows: Sequence[Row], agent: str, tokenizer: PreTrainedTokenizerB
     ]
 
 
+def prompt_schemas(
+    rows: Sequence[Row], agent: str, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, str]:
+    """Each row's rendered prompt -> the JSON schema (text) serving decodes its reply under:
+    the schemas depend on the prompt (the keys shown, the question's words)."""
+    rendered = render_rows(rows, agent, tokenizer)
+    return {
+        text["prompt"]: json.dumps(serving_schema(agent, row))
+        for row, text in zip(rows, rendered, strict=True)
+    }
+
+
 def _chat_text(row: Row, tokenizer: PreTrainedTokenizerBase) -> str:
     return cast(
         str,
@@ -200,10 +211,10 @@ def run_grpo(
     Manager rows need a ``retriever``; the bundled MiniLM is loaded when none is given. The
     Manager's frozen Answer Agent is the base model served as ``serving`` (default: this
     process's settings) configures serving."""
-    if config.agent not in SCHEMA:
+    if config.agent not in GRPO_AGENTS:
         raise ValueError(
-            f"GRPO trains the {' and the '.join(SCHEMA)} agents; {config.agent} is trained with "
-            "SFT (training/sft.py)"
+            f"GRPO trains the {' and the '.join(GRPO_AGENTS)} agents; {config.agent} is trained "
+            "with SFT (training/sft.py)"
         )
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -228,7 +239,11 @@ def run_grpo(
                 processing_class=tokenizer,
                 callbacks=[reporter],
                 peft_config=lora_config(config),
-                rollout_func=constrained_rollout(config.agent) if config.constrained else None,
+                rollout_func=(
+                    constrained_rollout(config.agent, prompt_schemas(rows, config.agent, tokenizer))
+                    if config.constrained
+                    else None
+                ),
             )
         trainer.train()
     finally:
@@ -240,8 +255,11 @@ def run_grpo(
     return TrainResult(config.output_dir, metrics, reporter.history, reporter.stopped)
 
 
-def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[str, Any]]:
-    """A TRL rollout function that samples the policy under the agent's serving grammar.
+def constrained_rollout(
+    agent: str, schemas: Mapping[str, str]
+) -> Callable[[list[str], GRPOTrainer], dict[str, Any]]:
+    """A TRL rollout function that samples each prompt under the JSON schema serving decodes
+    its reply under (``schemas``: rendered prompt -> schema text).
 
     Free samples of a small model are rarely valid JSON, so every group would score the same
     format failure and GRPO would see no signal; under the grammar every sample parses and the
@@ -251,7 +269,6 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
     Generation runs as TRL's own does: on the model unwrapped from its distributed wrapper,
     with gradient checkpointing (on for GPU training) off while it generates and restored
     for the backward pass."""
-    schema = json.dumps(SCHEMA[agent])
     prefix = RESPONSE_PREFIX[agent]
     grammar: JsonGrammar | None = None  # built on the first call, for the trainer's tokenizer
 
@@ -279,7 +296,9 @@ def constrained_rollout(agent: str) -> Callable[[list[str], GRPOTrainer], dict[s
             output = policy.generate(
                 **inputs,
                 generation_config=trainer.generation_config,
-                logits_processor=LogitsProcessorList([grammar.mask(schema, len(prompts), prefix)]),
+                logits_processor=LogitsProcessorList(
+                    [grammar.mask([schemas[p] for p in prompts], prefix)]
+                ),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         return {

@@ -46,7 +46,13 @@ from app.memory.prompts import ANSWER_MAX_TOKENS
 from app.memory.schemas import as_views
 from training.config import GRPOJobConfig
 from training.datasets import answer_row
-from training.grpo import RESPONSE_PREFIX, constrained_rollout, render_rows, run_grpo
+from training.grpo import (
+    RESPONSE_PREFIX,
+    constrained_rollout,
+    prompt_schemas,
+    render_rows,
+    run_grpo,
+)
 from training.model import load_base_model, training_dtype, training_model_dir
 
 FACTS = [
@@ -124,7 +130,8 @@ def _replies(model: Any, tokenizer: Any) -> list[list[int]]:
     """Greedy answer replies of ``model`` under the schema, one per row."""
     prompts = [row["prompt"] for row in render_rows(rows(), "answer", tokenizer)]
     view = rollout_view(model, tokenizer, ANSWER_MAX_TOKENS, do_sample=False)
-    return list(constrained_rollout("answer")(prompts, view)["completion_ids"])
+    rollout = constrained_rollout("answer", prompt_schemas(rows(), "answer", tokenizer))
+    return list(rollout(prompts, view)["completion_ids"])
 
 
 def _parse(tokenizer: Any, completion: list[int]) -> Any:

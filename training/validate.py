@@ -36,9 +36,9 @@ from app.llm.inprocess import InProcessBackend
 from app.memory.answer import answer_question, parse_answer
 from app.memory.extractor import extract_facts
 from app.memory.manager import apply_to_bank, malformed_reason, validate_operations
-from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS, answer_schema, manager_schema
+from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
 from app.memory.schemas import MemoryView
-from training.datasets import Retriever, load_encoder, memory_from_dict
+from training.datasets import Retriever, load_encoder, memory_from_dict, serving_schema
 from training.eval.metrics import AnswerScores, score_answer, token_f1
 
 MAX_LORA_RANK = 256
@@ -185,7 +185,7 @@ async def _answer_row(
     try:
         completion = await llm.complete(
             row["prompt"],
-            json_schema=answer_schema(row["memory_keys"], row["prompt"][-1]["content"]),
+            json_schema=serving_schema("answer", row),
             adapter=adapter,
             temperature=0.0,
             max_tokens=ANSWER_MAX_TOKENS,
@@ -204,7 +204,7 @@ async def _manager_row(
     try:
         completion = await llm.complete(
             row["prompt"],
-            json_schema=manager_schema(candidates),
+            json_schema=serving_schema("manager", row),
             adapter=adapter,
             temperature=0.0,
             max_tokens=MANAGER_MAX_TOKENS,

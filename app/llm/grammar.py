@@ -5,6 +5,7 @@ rollouts (``training.grpo``) use ``GrammarMask`` as a transformers logits proces
 the schema the same way, so an adapter is trained under the constraint it is served with.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,22 +31,23 @@ class JsonGrammar:
         # budget on newlines without ever breaking the grammar.
         return self._compiler.compile_json_schema(schema, any_whitespace=False)
 
-    def mask(self, schema: str, batch_size: int, prefix: str = "") -> "GrammarMask":
-        """A fresh logits processor for one ``generate()`` call of ``batch_size`` rows, each
-        having already written ``prefix`` (text the prompt ends with, part of the JSON)."""
-        return GrammarMask(self.compile(schema), batch_size, self.vocab_size, prefix)
+    def mask(self, schemas: Sequence[str], prefix: str = "") -> "GrammarMask":
+        """A fresh logits processor for one ``generate()`` call: row i is decoded under
+        ``schemas[i]``, each row having already written ``prefix`` (text the prompt ends
+        with, part of the JSON)."""
+        return GrammarMask([self.compile(s) for s in schemas], self.vocab_size, prefix)
 
 
 class GrammarMask(LogitsProcessor):
     """Masks every token the JSON grammar does not allow next, one matcher per batch row."""
 
     def __init__(
-        self, grammar: xgr.CompiledGrammar, batch_size: int, vocab_size: int, prefix: str = ""
+        self, grammars: Sequence[xgr.CompiledGrammar], vocab_size: int, prefix: str = ""
     ) -> None:
-        self.matchers = [xgr.GrammarMatcher(grammar) for _ in range(batch_size)]
+        self.matchers = [xgr.GrammarMatcher(grammar) for grammar in grammars]
         if prefix and not all(matcher.accept_string(prefix) for matcher in self.matchers):
             raise ValueError(f"{prefix!r} is not a valid start of the schema's JSON")
-        self.bitmask = xgr.allocate_token_bitmask(batch_size, vocab_size)
+        self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
         self.prefilled = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:

@@ -1,5 +1,7 @@
 import json
 import os
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +12,24 @@ from safetensors.torch import load_file
 
 from app.llm.backend import validate_adapter_dir
 from app.llm.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.llm.grammar import JsonGrammar
 from app.memory.prompts import ANSWER_MAX_TOKENS, MANAGER_MAX_TOKENS
+from app.memory.schemas import Fact, as_views
+from tests.memory.test_prompts import accepts
 from training import grpo
 from training.config import GRPOJobConfig
-from training.grpo import TrainResult, constrained_rollout, render_rows, run_grpo, select_rows
+from training.datasets import manager_row, serving_schema
+from training.grpo import (
+    TrainResult,
+    constrained_rollout,
+    prompt_schemas,
+    render_rows,
+    run_grpo,
+    select_rows,
+)
 from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
-from training.smoke import rollout_view
+from training.smoke import FACTS, rollout_view
 from training.smoke import rows as tiny_rows
 
 MAX_TOKENS = {"answer": ANSWER_MAX_TOKENS, "manager": MANAGER_MAX_TOKENS}
@@ -162,7 +175,7 @@ def test_the_rollout_samples_the_same_with_gradient_checkpointing_on(base_dir: P
     policy = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     trainer = rollout_view(policy, tokenizer, 48, do_sample=False)
     prompts = [row["prompt"] for row in render_rows(tiny_rows()[:2], "answer", tokenizer)]
-    rollout = constrained_rollout("answer")
+    rollout = constrained_rollout("answer", prompt_schemas(tiny_rows()[:2], "answer", tokenizer))
 
     policy.eval()
     plain = rollout(prompts, trainer)["completion_ids"]
@@ -176,27 +189,54 @@ def test_the_rollout_samples_the_same_with_gradient_checkpointing_on(base_dir: P
     assert all(len(c) > 4 for c in plain)
 
 
+def manager_rows() -> list[dict[str, Any]]:
+    """Manager rows: a new fact about Ann, the four smoke facts as candidates."""
+    when = datetime(2023, 5, 9, tzinfo=UTC)
+    views = as_views([(uuid.UUID(int=i + 1), t, w, when) for i, (w, t, _, _) in enumerate(FACTS)])
+    fact = Fact("Ann adopted a second puppy, Rex.", "Ann", when)
+    question = {"question": "Ann's puppies?", "gold": "Scout, Rex", "category": 1}
+    return [manager_row(fact, views[:n], views, **question) for n in (4, 2)]
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("agent", ["answer", "manager"])
 def test_constrained_rollout_samples_only_replies_that_parse(agent: str, base_dir: Path) -> None:
     """Free sampling of the base model rarely yields valid JSON; under the serving grammar
-    every sample is a complete reply in the agent's schema (the grammar, not the prompt,
-    guarantees it, so answer prompts serve for both agents)."""
+    every sample is a complete reply in the schema serving decodes its prompt under."""
     model, tokenizer = load_base_model(base_dir)
     eos = [int(tokenizer.eos_token_id)]
     trainer = rollout_view(model, tokenizer, MAX_TOKENS[agent], do_sample=True, temperature=1.0)
-    rows = render_rows(tiny_rows()[:2], agent, tokenizer)
+    source = tiny_rows()[:2] if agent == "answer" else manager_rows()
+    rows = render_rows(source, agent, tokenizer)
     prompts = [row["prompt"] for row in rows for _ in range(2)]
     torch.manual_seed(0)
-    output = constrained_rollout(agent)(prompts, trainer)
+    output = constrained_rollout(agent, prompt_schemas(source, agent, tokenizer))(prompts, trainer)
     assert output["prompt_ids"] == [
         tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts
     ]
-    key = "selected" if agent == "answer" else "operations"
-    for completion in output["completion_ids"]:
+    for completion, prompt in zip(output["completion_ids"], prompts, strict=True):
         assert completion[-1] == eos[0]
         text = rows[0]["response_prefix"] + tokenizer.decode(completion, skip_special_tokens=True)
-        assert isinstance(json.loads(text)[key], list)
+        source_row = source[[r["prompt"] for r in rows].index(prompt)]
+        assert accepts(serving_schema(agent, source_row), text), text
+
+
+@pytest.mark.model
+def test_each_row_of_a_rollout_batch_is_masked_by_its_own_schema(base_dir: Path) -> None:
+    """A rollout batch mixes prompts whose serving schemas differ (an answer offers only
+    the words of its own prompt); each row's next tokens are those of its own schema."""
+    _, tokenizer = load_base_model(base_dir)
+    vocab = len(tokenizer)
+    grammar = JsonGrammar(tokenizer, vocab, [int(tokenizer.eos_token_id)])
+    schemas = [
+        json.dumps({"type": "object", "properties": {"a": {"enum": [word]}}, "required": ["a"]})
+        for word in ("yes", "no")
+    ]
+    mask = grammar.mask(schemas, prefix='{"a": "')
+    scores = mask(torch.zeros((2, 1), dtype=torch.long), torch.zeros((2, vocab)))
+    yes, no = (tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no"))
+    assert scores[0, yes] == 0 and scores[0, no] == float("-inf")
+    assert scores[1, no] == 0 and scores[1, yes] == float("-inf")
 
 
 def test_grpo_leaves_the_extractor_to_sft(tmp_path: Path) -> None:
