@@ -6,9 +6,13 @@ DELETE and ADD (something that ended) or NOOP (a restatement). Then scores the b
 the adapter through the serving backend (greedy, schema-constrained) on
 
 - held-out generated rows (people, places and things training never saw): the share of
-  decisions right, and the outcome F1 (the frozen base Answer Agent answering from the bank);
+  decisions right, in all and by kind (half the ADD rows about the speaker state something new
+  beside a memory the bank shows, an ADD that looks like a change), and the outcome F1 (the
+  frozen base Answer Agent answering from the bank);
 - conv-30's Manager rows (as ``bench.train_manager`` builds them): the outcome F1, so an
   adapter that decides more does not lose what the base model's bank answered.
+
+With ``--compare-shipped`` the shipped Manager default is scored on the same rows too.
 
 Writes ``bench/out/warm_start_manager.json`` and ``.png``.
 
@@ -27,6 +31,7 @@ from typing import Any
 
 import torch
 
+from app.adapters.service import DEFAULTS_DIR
 from bench.common import Target, print_targets, write_json
 from bench.train_answer import (
     SFT_CARD_SETTINGS,
@@ -44,6 +49,7 @@ from training.warm_start import CHANGE_SHARE, manager_warm_start_rows
 
 NAME = "warm_start_manager"
 TARGET_RIGHT = 0.8
+HELD_OUT_NEAR_SHARE = 0.5
 
 
 def main() -> int:
@@ -60,13 +66,29 @@ def main() -> int:
         help="share of training rows that change a stored memory (held-out rows keep "
         f"{CHANGE_SHARE})",
     )
+    parser.add_argument(
+        "--near-share",
+        type=float,
+        default=0.0,
+        help="share of training ADD rows about the speaker that state something new beside a "
+        f"memory the bank shows (held-out rows keep {HELD_OUT_NEAR_SHARE})",
+    )
+    parser.add_argument(
+        "--compare-shipped",
+        action="store_true",
+        help="score the shipped Manager default on the same rows",
+    )
     # Two threads: a step is 4 prompts of ~600 tokens, long enough to keep both cores busy.
     parser.set_defaults(val_limit=40, threads=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retriever = Retriever(load_encoder())
-    train_rows = manager_warm_start_rows(args.rows, seed=args.seed, change_share=args.change_share)
-    held_out = manager_warm_start_rows(args.held_out, held_out=True, seed=args.seed)
+    train_rows = manager_warm_start_rows(
+        args.rows, seed=args.seed, change_share=args.change_share, near_share=args.near_share
+    )
+    held_out = manager_warm_start_rows(
+        args.held_out, held_out=True, seed=args.seed, near_share=HELD_OUT_NEAR_SHARE
+    )
     conv30 = manager_rows_from_locomo(VAL_FILE, retriever)
     conv30 = conv30[: args.val_limit] if args.val_limit else conv30
     config = sft_job_config(args, "manager", NAME)
@@ -82,6 +104,9 @@ def main() -> int:
     print(f"[{NAME}] base model on {len(held_out)} held-out and {len(conv30)} conv-30 rows")
     before = evaluate(None)
     _report("base", before)
+    shipped_dir = DEFAULTS_DIR / "manager"
+    if args.compare_shipped and shipped_dir.is_dir():
+        _report("shipped", evaluate(shipped_dir))
     result = train_sft(NAME, config, train_rows, args.minutes)
     after = evaluate(result.adapter_dir)
     _report("adapter", after)
@@ -115,11 +140,13 @@ def main() -> int:
             "method": "SFT + LoRA (training/sft.py) on generated decisions "
             "(training/warm_start.py)",
             "command": f"python -m bench.{NAME} --rows {args.rows} --change-share "
-            f"{args.change_share} --max-steps {steps} --minutes 100000 --ship",
+            f"{args.change_share} --near-share {args.near_share} --max-steps {steps} "
+            "--minutes 100000 --ship",
             "targets": [t.as_dict() for t in targets],
             "data": {
                 "train": f"training.warm_start: {len(train_rows)} generated rows, seed "
-                f"{args.seed}, {args.change_share:.0%} of them changes",
+                f"{args.seed}, {args.change_share:.0%} of them changes, "
+                f"{args.near_share:.0%} of the speaker's new facts beside a memory",
                 "validation": f"{len(held_out)} held-out generated rows; {VAL_FILE.name}",
                 "validation_rows": len(conv30),
             },
@@ -138,6 +165,7 @@ def main() -> int:
 def _card_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "held_out_decisions_right": report["held_out"]["decisions_right"],
+        "held_out_decisions_right_by_kind": report["held_out"]["decisions_right_by_kind"],
         "held_out_operations": report["held_out"]["operations"],
         "conv30_f1": report["conv30"]["f1"],
         "conv30_operations": report["conv30"]["operations"],
@@ -147,8 +175,9 @@ def _card_metrics(report: dict[str, Any]) -> dict[str, Any]:
 def _report(side: str, report: dict[str, Any]) -> None:
     held, conv = report["held_out"], report["conv30"]
     print(
-        f"[{NAME}] {side}: held-out decisions right {held['decisions_right']:.3f}, "
-        f"F1 {held['f1']:.4f}, ops {held['operations']}; conv-30 F1 {conv['f1']:.4f}, "
+        f"[{NAME}] {side}: held-out decisions right {held['decisions_right']:.3f} "
+        f"{held['decisions_right_by_kind']}, F1 {held['f1']:.4f}, ops {held['operations']}; "
+        f"conv-30 F1 {conv['f1']:.4f}, "
         f"ops {conv['operations']}",
         flush=True,
     )

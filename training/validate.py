@@ -144,18 +144,32 @@ async def _evaluate(
     report = summarise([answer for answer, _ in outputs], rows)
     if agent == "manager":
         report["operations"] = dict(sum((Counter(info["ops"]) for _, info in outputs), Counter()))
-        pairs = zip(rows, outputs, strict=True)
-        expected = [(row["expected_ops"], info["ops"]) for row, (_, info) in pairs
-                    if "expected_ops" in row]  # fmt: skip
-        if expected:
-            # Generated rows know the decision they call for: the share decided so.
-            right = sum(sorted(want) == sorted(got) for want, got in expected)
-            report["decisions_right"] = right / len(expected)
+        report.update(decisions_right(rows, [info["ops"] for _, info in outputs]))
     report.update(
         agent=agent,
         adapter=str(adapter_dir) if adapter_dir is not None else None,
         seconds=round(time.perf_counter() - started, 1),
     )
+    return report
+
+
+def decisions_right(rows: Sequence[Row], decided: Sequence[list[str]]) -> dict[str, Any]:
+    """Generated rows know the decision they call for (``expected_ops``): the share of them
+    decided so (``decisions_right``) and, where rows name their kind of decision
+    (``decision``), the share by kind. Nothing for rows that know neither."""
+    right: defaultdict[str, list[bool]] = defaultdict(list)
+    for row, ops in zip(rows, decided, strict=True):
+        if "expected_ops" in row:
+            ok = sorted(row["expected_ops"]) == sorted(ops)
+            right["all"].append(ok)
+            if "decision" in row:
+                right[row["decision"]].append(ok)
+    shares = {kind: sum(oks) / len(oks) for kind, oks in sorted(right.items())}
+    if not shares:
+        return {}
+    report: dict[str, Any] = {"decisions_right": shares.pop("all")}
+    if shares:
+        report["decisions_right_by_kind"] = shares
     return report
 
 

@@ -153,6 +153,7 @@ class _Topic:
 
     old: tuple[str, ...]
     again: tuple[str, ...]  # a restatement of ``old``
+    related: tuple[str, ...]  # something else about the same thing, which changes nothing
     question: str
     gold: str
     change: tuple[str, tuple[str, ...], str, str]
@@ -163,6 +164,11 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} lives in {city}.", "{p} has lived in {city} for years."),
         again=("{p} still lives in {city}.", "{p} lives in {city}."),
+        related=(
+            "{p} visited the old town of {city} with friends.",
+            "{p} found a quiet coffee shop near home in {city}.",
+            "{p}'s parents came to {city} for a visit.",
+        ),
         question="Where does {p} live?",
         gold="{city}",
         change=(
@@ -179,6 +185,11 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} works as {job}.", "{p} is {job}."),
         again=("{p} has worked as {job} for years.", "{p} is still {job}."),
+        related=(
+            "{p} had a long week at work as {job}.",
+            "{p} is taking an evening course to get better as {job}.",
+            "{p} got a pay rise at work.",
+        ),
         question="What is {p}'s job?",
         gold="{job}",
         change=(
@@ -195,6 +206,11 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} works at {company}.",),
         again=("{p} still works at {company}.",),
+        related=(
+            "{p}'s team at {company} won an award.",
+            "{p} had lunch with colleagues from {company}.",
+            "{p}'s friend applied for a job at {company} too.",
+        ),
         question="Where does {p} work?",
         gold="{company}",
         change=(
@@ -210,6 +226,10 @@ _TOPICS: list[_Topic] = [
             "{p} plans to visit {city} in {month}.",
         ),
         again=("{p} is looking forward to the trip to {city} in {month}.",),
+        related=(
+            "{p} bought a guidebook about {city} for the trip.",
+            "{p} asked friends what to see in {city}.",
+        ),
         question="Where is {p} travelling in {month}?",
         gold="{city}",
         change=(
@@ -225,6 +245,11 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} has a {pet} named {pet_name}.", "{p} adopted a {pet} called {pet_name}."),
         again=("{p} has a {pet} named {pet_name}.", "{p} talked about {pet_name}, a {pet}."),
+        related=(
+            "{p} took {pet_name} to the vet for a checkup.",
+            "{p} bought a new bed for {pet_name}.",
+            "{p} taught {pet_name} a new trick.",
+        ),
         question="What is the name of {p}'s {pet}?",
         gold="{pet_name}",
         change=(
@@ -241,6 +266,11 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} has a {pet} named {pet_name}.",),
         again=("{p} still has {pet_name} the {pet}.",),
+        related=(
+            "{p} took {pet_name} to the vet for a checkup.",
+            "{p} bought a new bed for {pet_name}.",
+            "{p} plays with {pet_name} every morning.",
+        ),
         question="What is the name of {p}'s {pet}?",
         gold="{pet_name}",
         change=(
@@ -256,6 +286,7 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} hates {food}.", "{p} does not like {food}."),
         again=("{p} still hates {food}.",),
+        related=("{p} avoided {food} at a party last weekend.", "{p}'s sister loves {food}."),
         question="Does {p} like {food}?",
         gold="no",
         change=(
@@ -268,6 +299,10 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p}'s brother is named {person}.", "{p} has a brother, {person}."),
         again=("{p} mentioned a brother named {person}.",),
+        related=(
+            "{p} went hiking with {person} last weekend.",
+            "{p}'s brother {person} turns forty in {month}.",
+        ),
         question="What is the name of {p}'s brother?",
         gold="{person}",
         change=(
@@ -283,6 +318,7 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} is dating {person}.",),
         again=("{p} is still dating {person}.",),
+        related=("{p} and {person} went to a concert together.", "{p} cooked dinner for {person}."),
         question="Who is {p} dating?",
         gold="{person}",
         change=(
@@ -295,6 +331,7 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} drives {car}.",),
         again=("{p} still drives {car}.",),
+        related=("{p} took the car in for a service.", "{p} drove to the coast for the weekend."),
         question="What car does {p} drive?",
         gold="{car}",
         change=(
@@ -310,6 +347,10 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p}'s favourite dish is {dish}.", "{p} loves {dish} more than any other dish."),
         again=("{p} said {dish} is the best dish.",),
+        related=(
+            "{p} learned to cook {dish} at home.",
+            "{p} had {dish} at a new restaurant downtown.",
+        ),
         question="What is {p}'s favourite dish?",
         gold="{dish}",
         change=(
@@ -322,6 +363,10 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} speaks {language}.", "{p} is learning {language}."),
         again=("{p} practises {language} every day.",),
+        related=(
+            "{p} watched a film in {language} without subtitles.",
+            "{p} found a {language} tutor online.",
+        ),
         question="Which language is {p} learning?",
         gold="{language}",
         change=(
@@ -334,6 +379,7 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} plays {sport} every weekend.", "{p} plays {sport} with friends."),
         again=("{p} still plays {sport} every weekend.",),
+        related=("{p} watched a {sport} match on TV.", "{p} bought new shoes for {sport}."),
         question="Which sport does {p} play?",
         gold="{sport}",
         change=(
@@ -346,6 +392,7 @@ _TOPICS: list[_Topic] = [
     _Topic(
         old=("{p} took up {hobby}.", "{p} enjoys {hobby} in the evenings."),
         again=("{p} still enjoys {hobby}.",),
+        related=("{p} joined a {hobby} club.", "{p} spent the whole Sunday on {hobby}."),
         question="What hobby did {p} take up?",
         gold="{hobby}",
         change=(
@@ -400,7 +447,7 @@ def _reply(*operations: tuple[str, str, str]) -> str:
 
 
 def _row(
-    rng: random.Random, split: int, index: int, change_share: float
+    rng: random.Random, split: int, index: int, change_share: float, near_share: float
 ) -> tuple[Fact, list[MemoryView], str, str, str, str]:
     """One generated decision: the fact, the memories shown, the decision's kind, the expected
     reply, and a question with its gold answer."""
@@ -424,12 +471,19 @@ def _row(
     old = _memory(fill(rng.choice(topic.old)), person, first, f"{split}/{index}/old")
     speaker = person
     if kind == "ADD":
-        # New to the bank: a topic nobody has spoken of yet, or the same kind of fact about
-        # someone else (the bank keeps both).
+        # New to the bank: a topic nobody has spoken of yet, the same kind of fact about
+        # someone else, or (``near_share``) something else the person said about the same
+        # thing, which sits beside its memory. The bank keeps both; the question needs the
+        # memory, so replacing it loses the answer.
         if rng.random() < 0.3:
+            kind = "other"
             speaker = values["p"] = other
             shown.append(old)
-        body, question, gold = rng.choice(topic.old), topic.question, topic.gold
+        elif near_share and rng.random() < near_share:
+            kind = "related"
+            shown.append(old)
+        body = rng.choice(topic.related if kind == "related" else topic.old)
+        question, gold = topic.question, topic.gold
     elif kind == "NOOP":
         shown.append(old)
         body, question, gold = rng.choice(topic.again), topic.question, topic.gold
@@ -441,8 +495,11 @@ def _row(
     shown = rekey(shown)
     fact = Fact(f"On {format_date(second)}, {fill(body)}", speaker, second)
     key = next((m.key for m in shown if m.id == old.id), "")
+    add = _reply(("ADD", "", ""))
     replies = {
-        "ADD": _reply(("ADD", "", "")),
+        "ADD": add,
+        "other": add,
+        "related": add,
         "NOOP": _reply(("NOOP", "", "")),
         "replace": _reply(("UPDATE", key, fact.text)),
         "merge": _reply(("UPDATE", key, f"{old.text} {fact.text}")),
@@ -454,6 +511,8 @@ def _row(
 # The decision each generated kind expects, as validation counts operations.
 EXPECTED_OPS = {
     "ADD": ["ADD"],
+    "other": ["ADD"],  # the same kind of fact about someone else
+    "related": ["ADD"],  # something new on a memory the bank shows
     "NOOP": ["NOOP"],
     "replace": ["UPDATE"],
     "merge": ["UPDATE"],
@@ -462,18 +521,30 @@ EXPECTED_OPS = {
 
 
 def manager_warm_start_rows(
-    count: int, *, held_out: bool = False, seed: int = 0, change_share: float = CHANGE_SHARE
+    count: int,
+    *,
+    held_out: bool = False,
+    seed: int = 0,
+    change_share: float = CHANGE_SHARE,
+    near_share: float = 0.0,
 ) -> list[Row]:
     """``count`` generated Manager rows (``held_out``: from the other half of the pools), each
     a ``manager_row`` with ``completion`` (the expected reply) and ``expected_ops``;
-    ``change_share`` of them change a stored memory."""
+    ``change_share`` of them change a stored memory. ``near_share`` of the ADD rows that are
+    about the speaker state something new on a memory the bank shows (a vet visit beside the
+    dog, a pay rise beside the job): an ADD that looks like a change. With 0 no row does, and
+    rows are as they were before these existed."""
     if not 0 <= change_share <= 1 - NOOP_SHARE:
         raise ValueError(f"change_share must be between 0 and {1 - NOOP_SHARE}")
+    if not 0 <= near_share <= 1:
+        raise ValueError("near_share must be between 0 and 1")
     split = 1 if held_out else 0
     rng = random.Random(f"{seed}/{split}")
     rows: list[Row] = []
     for index in range(count):
-        fact, shown, kind, reply, question, gold = _row(rng, split, index, change_share)
+        fact, shown, kind, reply, question, gold = _row(rng, split, index, change_share, near_share)
         row = manager_row(fact, shown, shown, question=question, gold=gold, category=4)
-        rows.append({**row, "completion": reply, "expected_ops": EXPECTED_OPS[kind]})
+        rows.append(
+            {**row, "completion": reply, "expected_ops": EXPECTED_OPS[kind], "decision": kind}
+        )
     return rows

@@ -7,7 +7,7 @@ import uuid
 from app.core.config import LLMBackendKind, LLMSettings
 from app.memory.schemas import as_views
 from tests.fixtures.vllm_contract_server import Reply, VLLMContractServer, serve_in_thread
-from training.validate import ServingAnswerer, open_backend
+from training.validate import ServingAnswerer, decisions_right, open_backend
 
 
 def test_the_answerer_serves_batch_after_batch_from_a_model_server(tmp_path) -> None:
@@ -26,3 +26,18 @@ def test_the_answerer_serves_batch_after_batch_from_a_model_server(tmp_path) -> 
         answerer.close()
     assert batches == [["Lisbon", "Lisbon"]] * 3
     assert len(vllm.requests_to("/v1/chat/completions")) == 6
+
+
+def test_decisions_are_counted_right_in_all_and_by_kind() -> None:
+    rows = [
+        {"expected_ops": ["ADD"], "decision": "related"},
+        {"expected_ops": ["ADD"], "decision": "related"},
+        {"expected_ops": ["DELETE", "ADD"], "decision": "end"},
+        {"question": "a conv-30 row knows no decision"},
+    ]
+    decided = [["ADD"], ["UPDATE"], ["ADD", "DELETE"], ["ADD"]]
+    assert decisions_right(rows, decided) == {
+        "decisions_right": 2 / 3,
+        "decisions_right_by_kind": {"end": 1.0, "related": 0.5},
+    }
+    assert decisions_right(rows[3:], decided[3:]) == {}

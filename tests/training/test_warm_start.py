@@ -1,3 +1,4 @@
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -96,3 +97,29 @@ def test_training_rows_may_show_more_changes() -> None:
     )
     with pytest.raises(ValueError, match="change_share"):
         manager_warm_start_rows(10, change_share=0.9)
+
+
+def test_rows_without_near_facts_are_the_ones_the_shipped_manager_learned_from() -> None:
+    """The shipped Manager's card command draws rows with the default ``near_share``; a change
+    to them needs a retrained adapter and this digest updated with it."""
+    rows = manager_warm_start_rows(240, change_share=0.55)
+    for row in rows:
+        row.pop("decision")
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    assert digest == "eeffef96775a47318e6fd582c7da135baf11f3f7a5c5407033e0448ec36537ea"
+
+
+def test_a_new_fact_beside_its_memory_is_added_and_keeps_the_memory() -> None:
+    rows = manager_warm_start_rows(200, near_share=1.0)
+    related = [row for row in rows if row["decision"] == "related"]
+    assert related
+    for row in related:
+        assert row["expected_ops"] == ["ADD"]
+        speaker, fact = row["fact"]["speaker"], row["fact"]["text"]
+        assert mentions(fact, speaker)
+        # The memory it sits beside is shown, and the question is answered from that memory
+        # (a yes/no one from what it says, "hates olives" for "Does Olga like olives?").
+        if row["gold"] not in ("yes", "no"):
+            about = [m["text"] for m in row["candidates"] if row["gold"] in m["text"]]
+            assert about and all(mentions(text, speaker) for text in about)
+    assert not any(row["decision"] == "related" for row in manager_warm_start_rows(200))
