@@ -11,7 +11,9 @@ generated banks:
   the fact's;
 - a fact that ends one ("stopped", "no longer") deletes it and adds the fact: DELETE and ADD;
 - a restatement changes nothing: NOOP;
-- anything else, including the same kind of fact about someone else, is new: ADD.
+- anything else, including the same kind of fact about someone else, is new: ADD; so is
+  (``near_share``) something else the person said about a stored memory's subject, a vet visit
+  beside the dog, which adds to what the bank knows and changes none of it.
 
 Names, places and wording are this module's own, none from LoCoMo or from the behaviour suite
 (``bench/behaviour.json``), which measures the result. Each row is also a Manager row as
