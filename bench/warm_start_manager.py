@@ -107,6 +107,8 @@ def main() -> int:
     shipped_dir = DEFAULTS_DIR / "manager"
     if args.compare_shipped and shipped_dir.is_dir():
         _report("shipped", evaluate(shipped_dir))
+    elif args.compare_shipped:
+        print(f"[{NAME}] no shipped Manager in {shipped_dir} to compare", flush=True)
     result = train_sft(NAME, config, train_rows, args.minutes)
     after = evaluate(result.adapter_dir)
     _report("adapter", after)
