@@ -12,6 +12,18 @@ reward curve).
 
 Target: the adapter's validation F1 beats the base model's by >= 30% relative.
 
+The memories shown are LoCoMo's observations by default. With ``--train-run`` and ``--val-run``
+they are the ones the service itself showed its Answer Agent in a ``memory-r1 eval`` run of
+conv-26 and of conv-30 (read from the runs' episodes): the banks the pipeline's extractor and
+Manager wrote, retrieved as ``/ask`` retrieves. ``--start-from`` goes on training an adapter
+(the shipped one) instead of a fresh one:
+
+    memory-r1 eval --data .../locomo_train_conv26.json --configs trained-both \
+        --answer-adapter active --manager-adapter active --top-k 10 --out RUN26
+    memory-r1 eval --data .../locomo_val_conv30.json (the same) --out RUN30
+    python -m bench.train_answer --train-run RUN26 --val-run RUN30 \
+        --start-from app/adapters/defaults/answer --max-steps 20 --minutes 100000
+
 With ``--ship`` an adapter that meets the target replaces the one shipped for its agent in
 ``app/adapters/defaults/<agent>/`` (weights, config and ``card.json``); ``memory-r1 serve``
 registers it as the global default on its next start. The shipped answer adapter's card has
@@ -21,11 +33,13 @@ the command that makes it again:
 """
 
 import argparse
+import asyncio
 import json
 import re
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,13 +47,23 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from sqlalchemy import select
 
 from app.adapters.service import DEFAULTS_DIR
+from app.cli import database
 from app.core.config import get_settings
+from app.core.db import create_engine, session_factory, transaction
 from app.llm.bundled import ensure_bundled_model
+from app.models import Episode
 from bench.common import OUT_DIR, Target, print_targets, write_json
 from training.config import GRPOJobConfig
-from training.datasets import Retriever, answer_rows_from_locomo, load_encoder
+from training.datasets import (
+    Retriever,
+    answer_rows_from_eval,
+    answer_rows_from_locomo,
+    load_encoder,
+)
+from training.eval.harness import QUESTIONS_FILE
 from training.grpo import TrainResult, run_grpo
 from training.sft import run_sft
 from training.validate import evaluate_adapter
@@ -137,6 +161,7 @@ def run_bench(
     retriever: Retriever | None = None,
     settings: dict[str, Any],
     out_dir: Path,
+    start_from: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the base model, train for at most ``minutes``, evaluate the adapter; print,
     write ``<name>.json`` and ``<name>.png``; return the result."""
@@ -162,6 +187,7 @@ def run_bench(
         progress=_print_progress,
         should_stop=lambda: time.monotonic() > deadline,
         retriever=retriever,
+        start_from=start_from,
     )
     print(f"[{name}] trained: {result.metrics}", flush=True)
 
@@ -235,6 +261,70 @@ def ship(
     benchmarks' entries and must then hold the metrics; ``settings`` names the config fields
     listed."""
     target = DEFAULTS_DIR / config.agent
+    steps = payload["train"]["metrics"]["steps"]
+    settings_used = payload["settings"]
+    # Inputs made before this run are named in the command and described in "inputs".
+    inputs = {
+        option: (placeholder, text)
+        for option, placeholder, text in (
+            (
+                "train_run",
+                "RUN26",
+                f"memory-r1 eval --data {TRAIN_FILE.name} --configs "
+                f"{settings_used.get('run_config')} --answer-adapter active "
+                "--manager-adapter active --top-k 10 --out RUN26",
+            ),
+            ("val_run", "RUN30", f"the same on {VAL_FILE.name} --out RUN30"),
+            ("start_from", "PREVIOUS", "the adapter this one went on training (card: previous)"),
+        )
+        if settings_used.get(option)
+    }
+    flags = [f"--{option.replace('_', '-')} {p}" for option, (p, _) in inputs.items()]
+    previous_card = (
+        Path(settings_used["start_from"]) / "card.json" if "start_from" in inputs else None
+    )
+    previous = (
+        json.loads(previous_card.read_text())
+        if previous_card is not None and previous_card.is_file()
+        else None
+    )
+    card = {
+        "agent": config.agent,
+        "base_model": BUNDLED_MODEL_ID,
+        "method": "GRPO + LoRA (training/grpo.py) on this project's CPU path",
+        # The learning rate is constant, so a run stopped by its time budget at step N is
+        # the run with --max-steps N.
+        "command": " ".join(
+            [f"python -m bench.{name} --max-steps {steps} --minutes 100000", *flags, "--ship"]
+        ),
+        **({"inputs": {p: text for p, text in inputs.values()}} if inputs else {}),
+        "produced_by": payload["settings"].get("argv"),
+        "data": {
+            "train": TRAIN_FILE.name,
+            "train_rows": payload["train_rows"],
+            "validation": VAL_FILE.name,
+            "validation_rows": payload["val_rows"],
+            # Rows from eval runs show the memories the pipeline wrote, not the observations.
+            **({"memories": "shown by the service in RUN26 and RUN30"} if flags else {}),
+            # train_rows counts each copy of a repeated list row.
+            **({"list_repeat": n} if (n := payload["settings"].get("list_repeat")) else {}),
+        },
+        # What "metrics" measure: the agent's own task on the validation conversation (for
+        # the answer agent, questions over LoCoMo's gold observations), not the full pipeline.
+        "validation": f"bench.{name}: {config.agent} agent alone, conv-30's questions"
+        + (" over the memories the service showed" if settings_used.get("val_run") else ""),
+        "steps": steps,
+        "train_seconds": payload["train"]["metrics"]["train_seconds"],
+        "settings": {key: _plain(getattr(config, key)) for key in settings},
+        "trained_at": datetime.now(UTC).date().isoformat(),
+        **({"previous": previous} if previous is not None else {}),
+    }
+    if card_fields is None:
+        answer_metrics = ("f1", "bleu1", "em", "unusable", "rows")
+        card["metrics"] = {k: payload["after"][k] for k in answer_metrics}
+        card["base_metrics"] = {k: payload["before"][k] for k in answer_metrics}
+    card.update(card_fields or {})
+    # The card is made first: the adapter it went on training may be the one replaced here.
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -242,36 +332,6 @@ def ship(
     adapter_config["base_model_name_or_path"] = BUNDLED_MODEL_ID
     (target / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
     shutil.copy(adapter_dir / "adapter_model.safetensors", target)
-    steps = payload["train"]["metrics"]["steps"]
-    card = {
-        "agent": config.agent,
-        "base_model": BUNDLED_MODEL_ID,
-        "method": "GRPO + LoRA (training/grpo.py) on this project's CPU path",
-        # The learning rate is constant, so a run stopped by its time budget at step N is
-        # the run with --max-steps N.
-        "command": f"python -m bench.{name} --max-steps {steps} --minutes 100000 --ship",
-        "produced_by": payload["settings"].get("argv"),
-        "data": {
-            "train": TRAIN_FILE.name,
-            "train_rows": payload["train_rows"],
-            "validation": VAL_FILE.name,
-            "validation_rows": payload["val_rows"],
-            # train_rows counts each copy of a repeated list row.
-            **({"list_repeat": n} if (n := payload["settings"].get("list_repeat")) else {}),
-        },
-        # What "metrics" measure: the agent's own task on the validation conversation (for
-        # the answer agent, questions over LoCoMo's gold observations), not the full pipeline.
-        "validation": f"bench.{name}: {config.agent} agent alone, conv-30's questions",
-        "steps": steps,
-        "train_seconds": payload["train"]["metrics"]["train_seconds"],
-        "settings": {key: _plain(getattr(config, key)) for key in settings},
-        "trained_at": datetime.now(UTC).date().isoformat(),
-    }
-    if card_fields is None:
-        answer_metrics = ("f1", "bleu1", "em", "unusable", "rows")
-        card["metrics"] = {k: payload["after"][k] for k in answer_metrics}
-        card["base_metrics"] = {k: payload["before"][k] for k in answer_metrics}
-    card.update(card_fields or {})
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return target
 
@@ -419,18 +479,72 @@ def repeat_lists(rows: list[Row], times: int) -> list[Row]:
     return [r for row in rows for r in [row] * copies(row)]
 
 
+def service_rows(run_dir: Path, config: str) -> list[Row]:
+    """Answer rows from a ``memory-r1 eval`` run of the in-process service: ``config``'s
+    questions with the memories the service showed for each (read from the episodes in the
+    service's database, the one ``memory-r1`` uses with these settings)."""
+    path = run_dir / QUESTIONS_FILE
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: pass the --out directory of a memory-r1 eval")
+    lines = path.read_text().splitlines()
+    questions = [q for q in map(json.loads, filter(None, lines)) if q["config"] == config]
+    ids = [uuid.UUID(q["episode_id"]) for q in questions if q.get("episode_id")]
+    if not ids:
+        raise SystemExit(f"{path}: no {config!r} answers with an episode")
+    with database(get_settings()) as settings:  # its database_url is set
+        shown = asyncio.run(_shown_memories(str(settings.database_url), ids))
+    rows = answer_rows_from_eval(questions, shown)
+    print(f"{len(rows)} rows from {config!r} in {run_dir}", flush=True)
+    return rows
+
+
+async def _shown_memories(database_url: str, ids: list[uuid.UUID]) -> dict[str, list[Any]]:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with transaction(session_factory(engine)) as db:
+            found = await db.execute(select(Episode.id, Episode.input).where(Episode.id.in_(ids)))
+            return {str(id_): data["memories"] for id_, data in found}
+    finally:
+        await engine.dispose()
+
+
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--per-speaker", type=int, default=3, help="memories per speaker shown")
     parser.add_argument(
         "--list-repeat", type=int, default=2, help="training rows with a list answer, N times"
     )
+    parser.add_argument(
+        "--train-run",
+        type=Path,
+        help="train on the memories the service showed in this `memory-r1 eval` run on conv-26 "
+        "(its --out directory) instead of on LoCoMo's observations",
+    )
+    parser.add_argument(
+        "--val-run", type=Path, help="validate the same way on a `memory-r1 eval` run on conv-30"
+    )
+    parser.add_argument(
+        "--run-config", default="trained-both", help="the runs' configuration to read"
+    )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        help="go on training this adapter directory (e.g. app/adapters/defaults/answer)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retriever = Retriever(load_encoder())
-    train_rows = answer_rows_from_locomo(TRAIN_FILE, retriever, per_speaker=args.per_speaker)
+    train_rows = (
+        service_rows(args.train_run, args.run_config)
+        if args.train_run
+        else answer_rows_from_locomo(TRAIN_FILE, retriever, per_speaker=args.per_speaker)
+    )
     train_rows = repeat_lists(train_rows, args.list_repeat)
-    val_rows = answer_rows_from_locomo(VAL_FILE, retriever, per_speaker=args.per_speaker)
+    val_rows = (
+        service_rows(args.val_run, args.run_config)
+        if args.val_run
+        else answer_rows_from_locomo(VAL_FILE, retriever, per_speaker=args.per_speaker)
+    )
     val_rows = val_rows[: args.val_limit] if args.val_limit else val_rows
     config = job_config(args, "answer", args.out / "adapters" / "answer")
     payload = run_bench(
@@ -441,6 +555,7 @@ def main() -> int:
         minutes=args.minutes,
         settings=bench_settings(args),
         out_dir=args.out,
+        start_from=args.start_from,
     )
     return 0 if all(t["passed"] for t in payload["targets"]) else 1
 

@@ -274,6 +274,30 @@ def answer_rows_from_locomo(
     return rows
 
 
+def answer_rows_from_eval(
+    questions: Iterable[Mapping[str, Any]], shown: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[Row]:
+    """One row per question a ``memory-r1 eval`` service configuration answered (its
+    ``questions.jsonl`` rows): the memories the service showed its Answer Agent, as logged on
+    the question's episode (``shown``: episode id -> the episode's ``input.memories``), and the
+    gold answer. These are the banks the pipeline writes, not LoCoMo's observations; questions
+    without a logged episode are skipped."""
+    rows: list[Row] = []
+    for question in questions:
+        memories = shown.get(str(question.get("episode_id")))
+        if memories is None:
+            continue
+        rows.append(
+            answer_row(
+                str(question["question"]),
+                [memory_from_dict(m) for m in memories],
+                gold=str(question["gold"]),
+                category=int(question["category"]),
+            )
+        )
+    return rows
+
+
 def manager_rows_from_locomo(
     path: Path | str,
     retriever: Retriever,

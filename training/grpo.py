@@ -201,9 +201,14 @@ def run_grpo(
     should_stop: ShouldStop | None = None,
     retriever: Retriever | None = None,
     serving: LLMSettings | None = None,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for ``config.agent`` with GRPO on ``train_rows`` and save it (with
     an ``adapter_config.json`` naming the base model) to ``config.output_dir``.
+
+    ``start_from`` is a trained adapter's directory to go on training (its LoRA settings then
+    stand instead of the config's), and TRL keeps a frozen copy of it as the reference policy
+    the KL term holds the policy near; without it a fresh adapter starts, against the base model.
 
     ``progress`` receives one dict per optimizer step (step, total, reward_mean, reward_std,
     kl, loss, ...); ``should_stop`` is polled after every step and ends training early when it
@@ -219,6 +224,11 @@ def run_grpo(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_base_model(config.base_model_dir)
+    policy = (
+        model
+        if start_from is None
+        else PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
+    )
     # Generation pads prompts on the left so every completion starts at the same column.
     tokenizer.padding_side = "left"
     rows = select_rows(train_rows, config, tokenizer)
@@ -231,14 +241,14 @@ def run_grpo(
             # rollout_func is marked experimental; constrained_rollout depends on it knowingly.
             warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
             trainer = GRPOTrainer(
-                model=model,
+                model=policy,
                 # TRL types rewards as returning list[float | None]; list is invariant.
                 reward_funcs=[reward],  # type: ignore[list-item]
                 args=trl_config(config),
                 train_dataset=Dataset.from_list(render_rows(rows, config.agent, tokenizer)),
                 processing_class=tokenizer,
                 callbacks=[reporter],
-                peft_config=lora_config(config),
+                peft_config=None if start_from is not None else lora_config(config),
                 rollout_func=(
                     constrained_rollout(config.agent, prompt_schemas(rows, config.agent, tokenizer))
                     if config.constrained

@@ -16,6 +16,7 @@ from app.memory.schemas import Fact, MemoryView
 from tests.conftest import SHARED_DATA
 from training.datasets import (
     Retriever,
+    answer_rows_from_eval,
     answer_rows_from_locomo,
     extractor_rows_from_locomo,
     load_encoder,
@@ -197,6 +198,22 @@ class TestEpisodes:
         assert rows[0]["memory_keys"] == ["m1", "m2"]
         assert "m1 [1 May 2023] Ann lives in Rome." in rows[0]["prompt"][-1]["content"]
         assert len(Dataset.from_list(rows)) == 3
+
+    def test_answer_rows_from_an_eval_run(self) -> None:
+        """Questions of an eval run with the memories their episodes logged; one without an
+        episode (a failed answer) is skipped, and the LoCoMo category is kept."""
+        questions = [
+            {"question": "Where does Ann live?", "gold": "Rome", "category": 4, "episode_id": "e1"},
+            {"question": "When?", "gold": "7 May 2023", "category": 2, "episode_id": None},
+        ]
+        rows = answer_rows_from_eval(questions, {"e1": self.MEMORIES})
+        assert [(r["question"], r["gold"], r["category"]) for r in rows] == [
+            ("Where does Ann live?", "Rome", 4)
+        ]
+        assert rows[0]["memory_keys"] == ["m1", "m2"]
+        assert rows[0]["prompt"] == answer_messages(
+            "Where does Ann live?", [memory_from_dict(m) for m in self.MEMORIES]
+        )
 
     def test_manager_episodes_need_a_question_and_gold(self) -> None:
         fact = fact_json(Fact("Ann moved to Paris.", "Ann", None))

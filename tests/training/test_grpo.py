@@ -150,6 +150,35 @@ class TestTinyRun:
             adapted_logits = adapted(**ids).logits
         assert (adapted_logits - base_logits).abs().max() > 1e-5
 
+    def test_training_goes_on_from_a_trained_adapter(
+        self, trained: Trained, base_dir: Path, tmp_path: Path
+    ) -> None:
+        """``start_from`` trains the given adapter further: its rank stands (the config's
+        16 does not), its weights move, and what is saved still loads for serving."""
+        start = trained.result.adapter_dir
+        config = GRPOJobConfig(
+            agent="answer",
+            output_dir=tmp_path / "further",
+            base_model_dir=base_dir,
+            learning_rate=1e-3,
+            max_steps=1,
+            num_generations=2,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=1,
+            max_completion_length=16,
+            seed=2,
+        )
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(grpo, "answer_reward", answer_reward_without_ties)
+            result = run_grpo(config, tiny_rows(), start_from=start)
+        saved = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+        assert saved["r"] == 4
+        before = load_file(start / "adapter_model.safetensors")
+        after = load_file(result.adapter_dir / "adapter_model.safetensors")
+        assert before.keys() == after.keys()
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        validate_adapter_dir(result.adapter_dir, base_model=BUNDLED_MODEL_NAME, max_lora_rank=16)
+
 
 @pytest.mark.model
 def test_rows_longer_than_max_prompt_length_are_skipped(base_dir: Path, tmp_path: Path) -> None:
