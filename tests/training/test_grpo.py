@@ -59,6 +59,21 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_bundled_model(Path(data_dir))
 
 
+def tiny_config(output_dir: Path, base_dir: Path, **settings: Any) -> GRPOJobConfig:
+    """An Answer Agent run small enough for a test: groups of 2, one per step, 16 tokens."""
+    return GRPOJobConfig(
+        agent="answer",
+        output_dir=output_dir,
+        base_model_dir=base_dir,
+        learning_rate=1e-3,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_completion_length=16,
+        **settings,
+    )
+
+
 class Trained:
     def __init__(self, result: TrainResult, reports: list[dict[str, Any]], model: Any) -> None:
         self.result = result
@@ -75,18 +90,12 @@ def trained(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained
         loaded.append(model)
         return model, tokenizer
 
-    config = GRPOJobConfig(
-        agent="answer",
-        output_dir=tmp_path_factory.mktemp("adapter"),
-        base_model_dir=base_dir,
+    config = tiny_config(
+        tmp_path_factory.mktemp("adapter"),
+        base_dir,
         lora_r=4,
         lora_alpha=8,
-        learning_rate=1e-3,
         max_steps=4,
-        num_generations=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        max_completion_length=16,
         beta=0.04,
         seed=1,
     )
@@ -156,18 +165,7 @@ class TestTinyRun:
         """``start_from`` trains the given adapter further: its rank stands (the config's
         16 does not), its weights move, and what is saved still loads for serving."""
         start = trained.result.adapter_dir
-        config = GRPOJobConfig(
-            agent="answer",
-            output_dir=tmp_path / "further",
-            base_model_dir=base_dir,
-            learning_rate=1e-3,
-            max_steps=1,
-            num_generations=2,
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=1,
-            max_completion_length=16,
-            seed=2,
-        )
+        config = tiny_config(tmp_path / "further", base_dir, max_steps=1, seed=2)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(grpo, "answer_reward", answer_reward_without_ties)
             result = run_grpo(config, tiny_rows(), start_from=start)
