@@ -42,6 +42,18 @@ def worker_process(env: dict[str, str], queues: str, log_path: Path) -> Iterator
             process.kill()
 
 
+def wait_until_consuming(log_path: Path, worker: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Wait for Celery's "ready." line: the worker has re-sent the jobs it found queued at
+    start and consumes from the broker. A job posted before then may also be sent by that
+    start-up pass, outside the request's trace, and run from that message."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and worker.poll() is None:
+        if " ready." in log_path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker never became ready; its log:\n{log_path.read_text()[-4000:]}")
+
+
 async def committed_tenant(settings: Settings, name: str) -> tuple[str, dict[str, str]]:
     engine = create_engine(settings.database_url or "", pool_size=1)
     try:

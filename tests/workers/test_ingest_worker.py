@@ -21,7 +21,12 @@ from app.llm.inprocess import InProcessBackend
 from app.main import create_app
 from tests.fixtures.fake_llm import FakeLLM
 from tests.fixtures.otlp import Traced, otlp_collector
-from tests.workers.conftest import committed_tenant, wait_for_job, worker_process
+from tests.workers.conftest import (
+    committed_tenant,
+    wait_for_job,
+    wait_until_consuming,
+    worker_process,
+)
 from workers.celery_app import INGEST_TASK, create_celery, send
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -140,6 +145,7 @@ async def test_the_worker_continues_the_trace_of_the_request_that_queued_the_job
         )
         log = tmp_path / "worker.log"
         with worker_process(env, "ingest", log) as worker:
+            wait_until_consuming(log, worker)
             traced.take()
             response = await client.post(
                 "/sessions/traced-s1/turns",
