@@ -99,9 +99,15 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=int, default=None, help="score only N validation rows")
     p.add_argument("--data-dir", type=Path, default=None, help="where the bundled model lives")
     p.add_argument("--out", type=Path, default=OUT_DIR)
-    # On a shared 2-core machine one thread is 2-3x faster than two: a descheduled thread
-    # stalls every parallel op of the other.
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    # Alone on 2 cores, two threads take an answer step in 60 s where one takes 110 s; beside
+    # another heavy job one thread is 2-3x faster than two (a descheduled thread stalls every
+    # parallel op of the other).
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads (default: one per core; 1 beside another heavy job)",
+    )
     p.add_argument(
         "--ship",
         action="store_true",
