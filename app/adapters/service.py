@@ -266,7 +266,8 @@ async def install_defaults(
     """Register the adapters shipped in ``source`` (``<agent>/`` folders) as the global
     defaults of their agents: copied under the adapters directory, made the active global
     adapter, serving every tenant that has no active adapter of its own. A shipped version
-    already registered is left as it is, so this runs on every start; one trained on another
+    already registered is made active again if it is not (a release that goes back to an
+    earlier adapter), else left as it is, so this runs on every start; one trained on another
     base model than the served one is skipped (logged), and so are all of them on a model
     server (an OpenAI-compatible one may not load adapters at all: import them there)."""
     source = source or DEFAULTS_DIR
@@ -291,7 +292,12 @@ async def install_defaults(
             continue
         name = f"{agent}-default-{_version(folder)}"
         await repository.lock_agent(db, None, agent)
-        if await repository.get_by_name(db, name) is not None:
+        registered = await repository.get_by_name(db, name)
+        if registered is not None:
+            if registered.status != AdapterStatus.active:  # a release went back to this version
+                await set_active(db, registered)
+                log.info("the shipped %s adapter %s is the global default again", agent, name)
+                installed.append(registered)
             continue
         card_file = folder / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}

@@ -97,7 +97,7 @@ async def test_a_shipped_adapter_serves_every_tenant_until_one_activates_its_own
     assert refused.status_code == 404
 
 
-async def test_each_shipped_version_registers_once_and_the_newest_serves(
+async def test_each_shipped_version_registers_once_and_the_shipped_one_serves(
     client, runtime, local, tenant_a, tmp_path
 ):
     source = shipped(tmp_path / "shipped")
@@ -112,6 +112,14 @@ async def test_each_shipped_version_registers_once_and_the_newest_serves(
     stale = await client.post(f"/admin/adapters/{first.id}/activate", headers=tenant_a.admin)
     assert stale.status_code == 409
     assert "global default" in stale.json()["detail"]
+    # A release that goes back to the first version serves it again, without a second copy.
+    [again] = await install(runtime, local, shipped(source, weights=b"weights"))
+    assert again.id == first.id
+    assert await listed(client, tenant_a) == {
+        first.name: ("active", None),
+        second.name: ("retired", None),
+    }
+    assert await install(runtime, local, source) == []
 
 
 async def test_an_adapter_for_another_base_model_is_not_installed(
