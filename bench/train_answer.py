@@ -286,6 +286,7 @@ def ship(
         if settings_used.get(option)
     }
     flags = [f"--{option.replace('_', '-')} {p}" for option, (p, _) in inputs.items()]
+    runs = [p for option, (p, _) in inputs.items() if option in ("train_run", "val_run")]
     previous_card = (
         Path(settings_used["start_from"]) / "card.json" if "start_from" in inputs else None
     )
@@ -311,7 +312,7 @@ def ship(
             "validation": VAL_FILE.name,
             "validation_rows": payload["val_rows"],
             # Rows from eval runs show the memories the pipeline wrote, not the observations.
-            **({"memories": "shown by the service in RUN26 and RUN30"} if flags else {}),
+            **({"memories": f"shown by the service in {' and '.join(runs)}"} if runs else {}),
             # train_rows counts each copy of a repeated list row.
             **({"list_repeat": n} if (n := payload["settings"].get("list_repeat")) else {}),
         },
