@@ -486,22 +486,29 @@ def repeat_lists(rows: list[Row], times: int) -> list[Row]:
     return [r for row in rows for r in [row] * copies(row)]
 
 
-def service_rows(run_dir: Path, config: str) -> list[Row]:
-    """Answer rows from a ``memory-r1 eval`` run of the in-process service: ``config``'s
-    questions with the memories the service showed for each (read from the episodes in the
-    service's database, the one ``memory-r1`` uses with these settings)."""
-    path = run_dir / QUESTIONS_FILE
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: pass the --out directory of a memory-r1 eval")
-    lines = path.read_text().splitlines()
-    questions = [q for q in map(json.loads, filter(None, lines)) if q["config"] == config]
-    ids = [uuid.UUID(q["episode_id"]) for q in questions if q.get("episode_id")]
-    if not ids:
-        raise SystemExit(f"{path}: no {config!r} answers with an episode")
+def service_rows(config: str, *run_dirs: Path) -> list[list[Row]]:
+    """Answer rows from ``memory-r1 eval`` runs of the in-process service, one list per run:
+    ``config``'s questions with the memories the service showed for each (read from the
+    episodes in the service's database, the one ``memory-r1`` uses with these settings; it is
+    started once for all the runs)."""
+    questions: list[list[dict[str, Any]]] = []
+    ids: list[uuid.UUID] = []
+    for run_dir in run_dirs:
+        path = run_dir / QUESTIONS_FILE
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist: pass the --out directory of a memory-r1 eval")
+        lines = path.read_text().splitlines()
+        asked = [q for q in map(json.loads, filter(None, lines)) if q["config"] == config]
+        answered = [uuid.UUID(q["episode_id"]) for q in asked if q.get("episode_id")]
+        if not answered:
+            raise SystemExit(f"{path}: no {config!r} answers with an episode")
+        questions.append(asked)
+        ids += answered
     with database(get_settings()) as settings:  # its database_url is set
         shown = asyncio.run(_shown_memories(str(settings.database_url), ids))
-    rows = answer_rows_from_eval(questions, shown)
-    print(f"{len(rows)} rows from {config!r} in {run_dir}", flush=True)
+    rows = [answer_rows_from_eval(asked, shown) for asked in questions]
+    for run_dir, run_rows in zip(run_dirs, rows, strict=True):
+        print(f"{len(run_rows)} rows from {config!r} in {run_dir}", flush=True)
     return rows
 
 
@@ -541,14 +548,16 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retriever = Retriever(load_encoder())
+    runs = [run for run in (args.train_run, args.val_run) if run]
+    from_runs = dict(zip(runs, service_rows(args.run_config, *runs), strict=True)) if runs else {}
     train_rows = (
-        service_rows(args.train_run, args.run_config)
+        from_runs[args.train_run]
         if args.train_run
         else answer_rows_from_locomo(TRAIN_FILE, retriever, per_speaker=args.per_speaker)
     )
     train_rows = repeat_lists(train_rows, args.list_repeat)
     val_rows = (
-        service_rows(args.val_run, args.run_config)
+        from_runs[args.val_run]
         if args.val_run
         else answer_rows_from_locomo(VAL_FILE, retriever, per_speaker=args.per_speaker)
     )
