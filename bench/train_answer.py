@@ -185,17 +185,9 @@ def run_bench(
     before = evaluate(None)
     print(f"[{name}] base: {_scores(before)} in {before['seconds']} s", flush=True)
 
-    deadline = time.monotonic() + minutes * 60
-    print(f"[{name}] GRPO on {len(train_rows)} rows for <= {minutes:g} min", flush=True)
-    result = run_grpo(
-        config,
-        train_rows,
-        progress=_print_progress,
-        should_stop=lambda: time.monotonic() > deadline,
-        retriever=retriever,
-        start_from=start_from,
+    result = train_grpo(
+        name, config, train_rows, minutes, retriever=retriever, start_from=start_from
     )
-    print(f"[{name}] trained: {result.metrics}", flush=True)
 
     after = evaluate(result.adapter_dir)
     print(f"[{name}] adapter: {_scores(after)} in {after['seconds']} s", flush=True)
@@ -386,6 +378,31 @@ def plot(
     return path
 
 
+def train_grpo(
+    name: str,
+    config: GRPOJobConfig,
+    rows: list[Row],
+    minutes: float,
+    *,
+    retriever: Retriever | None = None,
+    start_from: Path | None = None,
+) -> TrainResult:
+    """GRPO for at most ``minutes`` (from the adapter at ``start_from`` if given), each step
+    printed as it ends."""
+    deadline = time.monotonic() + minutes * 60
+    print(f"[{name}] GRPO on {len(rows)} rows for <= {minutes:g} min", flush=True)
+    result = run_grpo(
+        config,
+        rows,
+        progress=_print_progress,
+        should_stop=lambda: time.monotonic() > deadline,
+        retriever=retriever,
+        start_from=start_from,
+    )
+    print(f"[{name}] trained: {result.metrics}", flush=True)
+    return result
+
+
 def train_sft(name: str, config: GRPOJobConfig, rows: list[Row], minutes: float) -> TrainResult:
     """SFT for at most ``minutes``, each step printed as it ends."""
     deadline = time.monotonic() + minutes * 60
@@ -432,9 +449,12 @@ def plot_sft(
     history: list[dict[str, Any]],
     title: str,
     out_dir: Path,
+    *,
+    curves: tuple[str, ...] = ("loss",),
+    method: str = "SFT + LoRA",
 ) -> Path:
     """Base and adapter side by side on ``labels`` (``sides``: label -> values), and the
-    training loss of a supervised run."""
+    training curves (``curves``: history keys; the loss of a supervised run)."""
     fig = Figure(figsize=(11, 4))
     bars, curve = fig.subplots(1, 2)
     xs = range(len(labels))
@@ -445,10 +465,15 @@ def plot_sft(
     bars.set_xticks(list(xs), labels)
     bars.set_title(title)
     bars.legend()
-    curve.plot([h["step"] for h in history], [h["loss"] for h in history], ".-")
+    for key in curves:
+        curve.plot([h["step"] for h in history], [h.get(key) for h in history], ".-", label=key)
     curve.set_xlabel("optimizer step")
-    curve.set_title("training loss (completion tokens)")
-    fig.suptitle(f"{name}: SFT + LoRA on SmolLM2-135M (CPU)")
+    if curves == ("loss",):
+        curve.set_title("training loss (completion tokens)")
+    else:
+        curve.set_title("training")
+        curve.legend()
+    fig.suptitle(f"{name}: {method} on SmolLM2-135M (CPU)")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"

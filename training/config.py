@@ -71,6 +71,15 @@ class GRPOJobConfig:
             "known memory ids); the outcome reward gets 1 - format_weight."
         },
     )
+    decision_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Manager only, on rows that know the decision they call for (the generated "
+            "rows of bench/warm_start_manager.py; dataset and episode rows do not): weight in "
+            "[0, 1] of deciding it (the same operations on the same memories) against the "
+            "outcome; 0 = outcome only, as in the paper."
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (1..256)."})
     lora_alpha: int = field(
         default=32, metadata={"help": "LoRA scaling numerator; the update is scaled by alpha/r."}
@@ -171,6 +180,10 @@ class GRPOJobConfig:
             raise ValueError(
                 f"format_weight must be in [0, 1] (0 = outcome reward only), "
                 f"got {self.format_weight}."
+            )
+        if not 0.0 <= self.decision_weight <= 1.0:
+            raise ValueError(
+                f"decision_weight must be in [0, 1] (0 = outcome only), got {self.decision_weight}."
             )
 
     def _check_lora(self) -> None:

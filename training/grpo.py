@@ -62,6 +62,7 @@ _REPORTED = {
     "completions/mean_length": "completion_length",
     "outcome": "outcome",
     "format": "format",
+    "decision": "decision",
     "mean_token_accuracy": "token_accuracy",
 }
 
@@ -346,7 +347,11 @@ def _reward(
     retriever = retriever or Retriever(load_encoder())
     answerer = ServingAnswerer(open_backend(serving, config.base_model_dir))
     reward = manager_outcome_reward(
-        answerer, config.reward, config.format_weight, retrieve=retriever.for_answer
+        answerer,
+        config.reward,
+        config.format_weight,
+        retrieve=retriever.for_answer,
+        decision_weight=config.decision_weight,
     )
     return reward, answerer.close
 

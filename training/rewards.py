@@ -216,8 +216,33 @@ def answer_reward(kind: str, format_weight: float) -> RewardFunc:
 # --- Memory Manager -----------------------------------------------------------------------------
 
 
+def decision_score(
+    operations: list[Operation] | None, candidates: list[MemoryView], expected_reply: str
+) -> float:
+    """1 when the operations serving would apply are the decision a generated row expects
+    (its ``completion``): the same kinds on the same shown memories (an UPDATE's text aside;
+    NOOP is no operation), else 0. An unusable output scores 0."""
+    if operations is None:
+        return 0.0
+    ids = {m.key: m.id for m in candidates}
+    expected = sorted(
+        (op["op"], str(ids.get(op["id"])) if op["op"] in ("UPDATE", "DELETE") else "")
+        for op in json.loads(expected_reply)["operations"]
+        if op["op"] != "NOOP"
+    )
+    decided = sorted(
+        (op.kind.value, str(op.memory_id) if op.memory_id is not None else "") for op in operations
+    )
+    return 1.0 if decided == expected else 0.0
+
+
 def manager_outcome_reward(
-    answerer: Answerer, kind: str, format_weight: float, *, retrieve: Retrieve
+    answerer: Answerer,
+    kind: str,
+    format_weight: float,
+    *,
+    retrieve: Retrieve,
+    decision_weight: float = 0.0,
 ) -> RewardFunc:
     """The Manager's reward, by outcome as in the paper.
 
@@ -226,18 +251,31 @@ def manager_outcome_reward(
     the row's bank; ``retrieve`` picks the memories for the row's question from that bank; the
     frozen ``answerer`` answers; the answer's EM or F1 against the gold answer is the outcome,
     mixed with the format score by ``format_weight``. Completions that leave the bank in the
-    same state share one answer, so a group of identical decisions costs one generation."""
+    same state share one answer, so a group of identical decisions costs one generation.
+
+    Rows that know the decision they call for (generated rows: ``expected_reply``) give
+    ``decision_weight`` of the outcome to ``decision_score``: the outcome alone rarely tells an
+    UPDATE from an ADD (both answer a question about the new fact), the decision does."""
     _check(kind, format_weight)
+    if not 0.0 <= decision_weight <= 1.0:
+        raise ValueError(f"decision_weight must be in [0, 1], got {decision_weight}")
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         texts = completion_texts(completions, kwargs)
+        expected = kwargs.get("expected_reply") or [None] * len(texts)
         shown: list[tuple[str, list[MemoryView]]] = []
         formats: list[float] = []
+        decisions: list[float | None] = []
         for i, text in enumerate(texts):
             candidates = [memory_from_dict(m) for m in kwargs["candidates"][i]]
             bank = [memory_from_dict(m) for m in kwargs["bank"][i]]
             fact = fact_from_json(kwargs["fact"][i])
             operations, fmt = _validated(text, candidates, fact)
+            # An output whose every operation was rejected decided nothing (it is not a NOOP).
+            decided = operations if operations or fmt == 1.0 else None
+            decisions.append(
+                None if expected[i] is None else decision_score(decided, candidates, expected[i])
+            )
             # An unusable output changes nothing, as in serving.
             bank_after = bank if operations is None else apply_to_bank(bank, operations, fact=fact)
             question = kwargs["question"][i]
@@ -250,8 +288,13 @@ def manager_outcome_reward(
                 answers, kwargs["gold"], kwargs["category"], strict=True
             )
         ]
-        _log_means(kwargs, outcome=outcomes, format=formats)
-        return [_mix(o, f, format_weight) for o, f in zip(outcomes, formats, strict=True)]
+        known = [d for d in decisions if d is not None]
+        _log_means(kwargs, outcome=outcomes, format=formats, decision=known)
+        mixed = [
+            o if d is None else (1.0 - decision_weight) * o + decision_weight * d
+            for o, d in zip(outcomes, decisions, strict=True)
+        ]
+        return [_mix(o, f, format_weight) for o, f in zip(mixed, formats, strict=True)]
 
     reward.__name__ = f"manager_{kind}"
     return reward

@@ -531,7 +531,8 @@ def manager_warm_start_rows(
     near_share: float = 0.0,
 ) -> list[Row]:
     """``count`` generated Manager rows (``held_out``: from the other half of the pools), each
-    a ``manager_row`` with ``completion`` (the expected reply) and ``expected_ops``;
+    a ``manager_row`` with ``completion`` and ``expected_reply`` (the expected reply, for SFT
+    and for GRPO's decision reward) and ``expected_ops``;
     ``change_share`` of them change a stored memory. ``near_share`` of the ADD rows that are
     about the speaker state something new on a memory the bank shows (a vet visit beside the
     dog, a pay rise beside the job): an ADD that looks like a change. With 0 no row does, and
@@ -547,6 +548,14 @@ def manager_warm_start_rows(
         fact, shown, kind, reply, question, gold = _row(rng, split, index, change_share, near_share)
         row = manager_row(fact, shown, shown, question=question, gold=gold, category=4)
         rows.append(
-            {**row, "completion": reply, "expected_ops": EXPECTED_OPS[kind], "decision": kind}
+            {
+                **row,
+                "completion": reply,
+                # TRL hands a reward every column but "completion": GRPO's decision reward
+                # reads the expected reply from this one.
+                "expected_reply": reply,
+                "expected_ops": EXPECTED_OPS[kind],
+                "decision": kind,
+            }
         )
     return rows

@@ -77,6 +77,7 @@ class TestFromParams:
         ({"agent": "judge"}, "agent must be one of"),
         ({"reward": "judge"}, "reward must be 'em'"),
         ({"format_weight": 1.5}, r"format_weight must be in \[0, 1\]"),
+        ({"decision_weight": -0.5}, r"decision_weight must be in \[0, 1\]"),
         ({"lora_r": 0}, "lora_r must be between 1 and 256"),
         ({"lora_alpha": 0}, "lora_alpha must be > 0"),
         ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),

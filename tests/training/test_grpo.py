@@ -1,6 +1,7 @@
 import json
 import os
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from training.model import load_base_model
 from training.rewards import RewardFunc, completion_text
 from training.smoke import FACTS, rollout_view
 from training.smoke import rows as tiny_rows
+from training.warm_start import manager_warm_start_rows
 
 MAX_TOKENS = {"answer": ANSWER_MAX_TOKENS, "manager": MANAGER_MAX_TOKENS}
 
@@ -270,3 +272,22 @@ def test_grpo_leaves_the_extractor_to_sft(tmp_path: Path) -> None:
     config = GRPOJobConfig(agent="extractor", output_dir=tmp_path, base_model_dir=tmp_path)
     with pytest.raises(ValueError, match="SFT"):
         run_grpo(config, tiny_rows())
+
+
+@pytest.mark.model
+def test_generated_manager_rows_hand_the_reward_the_decision_they_expect(
+    base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL hands a reward every dataset column but ``completion``: the decision reward reads
+    the expected reply from ``expected_reply``, which generated rows carry."""
+    seen: list[Any] = []
+
+    def recording(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        seen.extend(kwargs["expected_reply"])
+        return [float(i % 2) for i in range(len(completions))]
+
+    monkeypatch.setattr(grpo, "_reward", lambda *_: (recording, lambda: None))
+    rows = manager_warm_start_rows(2)
+    config = replace(tiny_config(tmp_path, base_dir, max_steps=1), agent="manager")
+    run_grpo(config, rows)
+    assert seen and set(seen) <= {row["expected_reply"] for row in rows}

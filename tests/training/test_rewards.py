@@ -14,6 +14,7 @@ from training.rewards import (
     answer_format_score,
     answer_reward,
     completion_text,
+    decision_score,
     exact_match_reward,
     f1_reward,
     manager_format_score,
@@ -292,3 +293,60 @@ class TestManagerOutcome:
             **manager_columns(2),
         )
         assert logged == {"outcome": 0.5, "format": 0.5}
+
+
+class TestManagerDecision:
+    """Generated rows know their decision (``expected_reply``): a share of the outcome goes to
+    it."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected", "score"),
+        [
+            (manager_reply(("UPDATE", "m1", "On 2 May 2023, Ann moved to Rome.")), "UPDATE m1", 1),
+            (manager_reply(("UPDATE", "m2", "On 2 May 2023, Ann moved to Rome.")), "UPDATE m1", 0),
+            (manager_reply(("ADD", "", "")), "UPDATE m1", 0),
+            (manager_reply(("ADD", "", "")), "ADD", 1),
+            (manager_reply(("NOOP", "", "")), "NOOP", 1),
+            (manager_reply(("DELETE", "m1", ""), ("ADD", "", "")), "DELETE m1 ADD", 1),
+            (manager_reply(("DELETE", "m1", "")), "DELETE m1 ADD", 0),
+            (manager_reply(("DELETE", "m7", "")), "NOOP", 0),  # unknown key: nothing applied
+            ("garbage", "NOOP", 0),
+        ],
+    )
+    def test_scores_the_operations_serving_applies(
+        self, text: str, expected: str, score: float
+    ) -> None:
+        words = expected.split()
+        ops = [
+            (w, words[i + 1] if w in ("UPDATE", "DELETE") else "", "")
+            for i, w in enumerate(words)
+            if not w.startswith("m")
+        ]
+        columns = manager_columns(1) | {"expected_reply": [manager_reply(*ops)]}
+        reward = manager_outcome_reward(
+            StubAnswerer(), "em", 0.0, retrieve=retrieve_all, decision_weight=1.0
+        )
+        assert reward([], [text], **columns) == [score]
+
+    def test_mixes_decision_and_outcome_and_leaves_other_rows_to_the_outcome(self) -> None:
+        logged: dict[str, float] = {}
+        reward = manager_outcome_reward(
+            StubAnswerer(), "em", 0.0, retrieve=retrieve_all, decision_weight=0.5
+        )
+        update = manager_reply(("UPDATE", "m1", "On 2 May 2023, Ann moved to Rome."))
+        add = manager_reply(("ADD", "", ""))
+        columns = manager_columns(3) | {"expected_reply": [update, update, None]}
+        # Both answer "Rome"; only the UPDATE is the decision the row calls for. The third row
+        # knows no decision: its ADD gets the whole outcome.
+        rewards = reward([], [update, add, add], log_metric=logged.__setitem__, **columns)
+        assert rewards == [1.0, 0.5, 1.0]
+        assert logged["decision"] == 0.5  # over the two rows that know it
+
+    def test_decision_score_of_an_unusable_output_is_zero(self) -> None:
+        assert decision_score(None, CANDIDATES, manager_reply(("NOOP", "", ""))) == 0.0
+
+    def test_rejects_a_weight_outside_0_1(self) -> None:
+        with pytest.raises(ValueError, match="decision_weight"):
+            manager_outcome_reward(
+                StubAnswerer(), "em", 0.0, retrieve=retrieve_all, decision_weight=1.5
+            )
