@@ -220,7 +220,7 @@ def decision_score(
     operations: list[Operation] | None, candidates: list[MemoryView], expected_reply: str
 ) -> float:
     """1 when the operations serving would apply are the decision a generated row expects
-    (its ``completion``): the same kinds on the same shown memories (an UPDATE's text aside;
+    (its ``expected_reply``): the same kinds on the same shown memories (an UPDATE's text aside;
     NOOP is no operation), else 0. An unusable output scores 0."""
     if operations is None:
         return 0.0
