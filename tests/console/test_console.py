@@ -232,7 +232,8 @@ def test_feedback_on_an_answer_from_the_page(
     browser.get(f"{served.base_url}/console/#/users/{bank['user']}")
     heading(browser, "User")
     served.llm.push(answered("Two cats, Tom and Kit."))
-    browser.find_element(By.ID, "question").send_keys("How many cats does Ann have?", Keys.ENTER)
+    # "User" is also in the heading "Users" the page may still show: wait for the user's form.
+    wait_for(browser, "#question").send_keys("How many cats does Ann have?", Keys.ENTER)
     said = wait_for(browser, ".answer .said", "Tom and Kit")
     assert said.text == "Answer: Two cats, Tom and Kit."
     browser.find_element(By.XPATH, "//button[text()='Wrong']").click()
@@ -298,8 +299,8 @@ def test_a_training_job_with_its_curves_and_log(
     browser.get(f"{served.base_url}/console/#/training")
     heading(browser, "Training jobs")
     browser.find_element(By.LINK_TEXT, str(bank["job"])[:8]).click()
-    heading(browser, "Training job")
-    assert "step 4 of 8" in browser.find_element(By.ID, "training-job").text
+    # "Training job" is also in the list's heading "Training jobs": wait for the job itself.
+    wait_for(browser, "#training-job", "step 4 of 8")
     charts = browser.find_elements(By.CSS_SELECTOR, "figure.chart")
     assert [c.find_element(By.TAG_NAME, "figcaption").text for c in charts] == [
         "Mean reward",
