@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException
+from selenium.common.exceptions import StaleElementReferenceException as StaleElement
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -162,7 +164,11 @@ def wait_for(browser: WebDriver, css: str, text: str | None = None) -> WebElemen
 
 
 def heading(browser: WebDriver, text: str) -> None:
-    wait_for(browser, "main h1", text)
+    """Wait for the view titled ``text``, alone or followed by a space ("User ann-1"): a
+    heading that only contains it ("Training jobs" for "Training job") is another view."""
+    title = re.compile(rf"{re.escape(text)}( |$)")
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(NoSuchElementException, StaleElement))
+    wait.until(lambda b: title.match(b.find_element(By.CSS_SELECTOR, "main h1").text))
 
 
 def sign_in(browser: WebDriver, served: Served, key: str) -> None:
@@ -232,8 +238,7 @@ def test_feedback_on_an_answer_from_the_page(
     browser.get(f"{served.base_url}/console/#/users/{bank['user']}")
     heading(browser, "User")
     served.llm.push(answered("Two cats, Tom and Kit."))
-    # "User" is also in the heading "Users" the page may still show: wait for the user's form.
-    wait_for(browser, "#question").send_keys("How many cats does Ann have?", Keys.ENTER)
+    browser.find_element(By.ID, "question").send_keys("How many cats does Ann have?", Keys.ENTER)
     said = wait_for(browser, ".answer .said", "Tom and Kit")
     assert said.text == "Answer: Two cats, Tom and Kit."
     browser.find_element(By.XPATH, "//button[text()='Wrong']").click()
@@ -299,8 +304,8 @@ def test_a_training_job_with_its_curves_and_log(
     browser.get(f"{served.base_url}/console/#/training")
     heading(browser, "Training jobs")
     browser.find_element(By.LINK_TEXT, str(bank["job"])[:8]).click()
-    # "Training job" is also in the list's heading "Training jobs": wait for the job itself.
-    wait_for(browser, "#training-job", "step 4 of 8")
+    heading(browser, "Training job")
+    assert "step 4 of 8" in browser.find_element(By.ID, "training-job").text
     charts = browser.find_elements(By.CSS_SELECTOR, "figure.chart")
     assert [c.find_element(By.TAG_NAME, "figcaption").text for c in charts] == [
         "Mean reward",
