@@ -20,11 +20,15 @@ is kept or a Manager text is applied, each of its sentences is checked against i
   cut before its first unsupported clause ("Ben moved to Seattle for a new job and is looking
   forward to exploring the city." -> "Ben moved to Seattle for a new job."); an unsupported
   sentence's start is kept that way when it says at least two things, two in three of them in
-  its sources ("Dan enjoys green tea and finds it calming." -> "Dan enjoys green tea."), else
-  the sentence is dropped;
+  its sources ("Dan enjoys green tea and finds it calming." -> "Dan enjoys green tea."; a
+  purpose clause counts: "Gina plans a trip to Rome to explore its history." -> "Gina plans a
+  trip to Rome."), else the sentence is dropped;
 - a sentence about the speaker alone is dropped when the sentence of its sources it draws most
   on speaks of "you" and not of "I" or "we": the turn said it of the one spoken to ("Jon's
   store is growing." from Jon's "Looks like your store is growing.");
+- a sentence that says someone likes something where its sources only say they dislike
+  something, or the other way round, is dropped: it turned the turn over ("Mona is a coffee
+  lover." from Mona's "I hate coffee."); "don't like" and "never enjoyed" dislike;
 - relative dates are resolved against the turn's date: "yesterday" -> "on 2 December 2026",
   "last week" -> "the week before 3 December 2026", "two days ago" -> "two days before 3
   December 2026".
@@ -93,6 +97,15 @@ _TIME_PHRASE = re.compile(
 # extractor trained on LoCoMo's observations writes). A comma alone may start a list of what
 # the sentence is about: "two dogs, Buddy and Scout".
 _CLAUSE = re.compile(r"\s*;\s+|,?\s+(?:and|but|because|which|where|who|while|so|for)\s+")
+# In a sentence that is unsupported as a whole, a "to" before a verb (a lower-case word that
+# does not start a noun phrase: "to a pottery workshop" is where) may also start one: the
+# purpose the model made up ("Gina is planning a trip to Rome in July to explore the
+# city's history."). In a supported one it is left alone: cut there, what it wants or plans
+# goes with it ("Jon wants.").
+_RESCUE_CLAUSE = re.compile(
+    rf"{_CLAUSE.pattern}|\s+to\s+(?!(?:a|an|the|my|your|his|her|its|our|their|this|that)\b)"
+    r"(?=[a-z])"
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 _WORD = re.compile(r"[A-Za-z]+|\d+")
 _OPENING_DATE = re.compile(rf"^On ({DATE.pattern}),?\s*")
@@ -102,6 +115,17 @@ _SUFFIXES = ("ings", "ing", "edly", "ed", "es", "s", "e", "ly")
 _CAPTION = re.compile(r"(\[[^\]]*\])")
 # One word three or more times in a row, whatever the separators ("ten'ten'ten").
 _LOOP = re.compile(r"\b(\w+)(?:[\W_]{1,2}\1\b){2,}", re.IGNORECASE)
+# Words that say someone likes, or dislikes, what they name; a negator in the two words before
+# a liking word turns it over ("don't like": the "t" of "don't").
+_LIKING = frozenset(
+    """love loves loved loving lover lovers like likes liked enjoy enjoys enjoyed enjoying
+    adore adores adored fan fans favorite favourite""".split()
+)
+_DISLIKING = frozenset(
+    """hate hates hated hating dislike dislikes disliked detest detests detested loathe loathes
+    loathed""".split()
+)
+_NEGATORS = frozenset("not never t".split())
 _SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
 _FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 # Two to eight words, then the same words again ("in June 2023 in June 2023").
@@ -145,6 +169,16 @@ def _matches(stem: str, known: set[str]) -> bool:
 def has_date(text: str) -> bool:
     """Whether ``text`` gives a full date (``8 May 2023``)."""
     return DATE.search(text) is not None
+
+
+def event_dates(text: str) -> list[str]:
+    """The full dates ``text`` gives for what happened: not the date of mention each of its
+    sentences may open with ("On 8 May 2023," or "Ann on 8 May 2023:")."""
+    return [
+        date
+        for sentence in sentences(text)
+        for date in DATE.findall(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
+    ]
 
 
 def undated(sentence: str) -> str:
@@ -257,6 +291,27 @@ def _of_listener(sentence: str, sources: list[str], speaker: str | None) -> str 
     return None
 
 
+def _leanings(text: str) -> set[str]:
+    """Whether ``text`` speaks of someone liking something, of disliking it, of both or of
+    neither."""
+    words = [w.casefold() for w in _WORD.findall(text)]
+    found: set[str] = set()
+    for i, word in enumerate(words):
+        if word in _LIKING or word in _DISLIKING:
+            negated = any(w in _NEGATORS for w in words[max(0, i - 2) : i])
+            found.add("liking" if (word in _LIKING) != negated else "disliking")
+    return found
+
+
+def _turned_over(sentence: str, sources: list[str]) -> str | None:
+    """Why ``sentence`` says the opposite of its sources about liking, or None: it likes
+    where they only dislike, or dislikes where they only like."""
+    said, given = _leanings(sentence), _leanings(" ".join(sources))
+    if said and given and not said & given:
+        return f"speaks of {min(said)} where its source speaks only of {min(given)}"
+    return None
+
+
 def _cut_times(sentence: str, known: set[str]) -> tuple[str, list[str]]:
     """``sentence`` without the times (``_TIME_PHRASE``) whose time words its sources do not
     say, and those times."""
@@ -286,7 +341,7 @@ def _supported_start(
     is left is not enough: saying nothing, or (``rescue``: the whole sentence is
     unsupported) saying fewer than two things or fewer than ``CUT_SUPPORTED`` of them in
     the sources."""
-    ends = [clause.start() for clause in _CLAUSE.finditer(sentence)]
+    ends = [clause.start() for clause in (_RESCUE_CLAUSE if rescue else _CLAUSE).finditer(sentence)]
     if not ends:  # one clause: the sentence's own check has judged it
         return None
     end, why = 0, None
@@ -422,6 +477,8 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             reason: str | None = "a question, which states nothing"
         elif (listener := _of_listener(sentence, sources, speaker)) is not None:
             reason = listener
+        elif (turned := _turned_over(sentence, sources)) is not None:
+            reason = turned
         else:
             strictness = CUT_SUPPORTED if times else MIN_SUPPORTED
             reason = _unsupported(sentence, known, allowed, min_supported=strictness)
@@ -429,7 +486,9 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             if trimmed is not None:
                 start, why = trimmed
                 dropped.append((sentence[len(start) - 1 :].strip(" ,;."), why))
-                sentence, reason = start, None
+                # What it kept may say the opposite of the turn: the clause cut was the
+                # turn's own ("Mona is a coffee lover [and has a dislike for coffee].").
+                sentence, reason = start, _turned_over(start, sources)
         reason = reason or _empty(sentence, allowed)
         if reason is not None:
             dropped.append((sentence, reason))

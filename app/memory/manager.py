@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from app.core.errors import UnusableOutput
 from app.llm.backend import Completion, LLMBackend
-from app.memory.guard import check, content_stems, names
+from app.memory.guard import check, content_stems, event_dates, names
 from app.memory.prompts import (
     DATE,
     MANAGER_MAX_TOKENS,
@@ -101,9 +101,8 @@ class _Validator:
                 text = self._text(raw, kind)
                 if self.fact is not None and text_key(text) == text_key(target.text):
                     return self._merge(raw, target, self.fact)
-                return self._change(
-                    kind, target, self._same_subject(self._grounded(text, target), target)
-                )
+                text = self._same_subject(self._grounded(text, target), target)
+                return self._change(kind, target, self._keeps_dates(text, target))
             case OpKind.DELETE:
                 return self._change(kind, self._target(raw, kind), None)
 
@@ -158,6 +157,18 @@ class _Validator:
         if named and not named & names(text):
             listed = ", ".join(sorted(named))
             raise _Rejected(f"UPDATE text names none of what {target.key} is about ({listed})")
+        return text
+
+    @staticmethod
+    def _keeps_dates(text: str, target: MemoryView) -> str:
+        """``text``, when it keeps every date ``target`` gives for what happened (past the
+        date it was mentioned on): what happened on a day stays true whatever happens after.
+        On conv-30 the shipped Manager replaced "Jon lost his job as a banker ... on 19
+        January 2023." with a later mention of it dated 11 May 2023, from which "When did
+        Jon lose his job as a banker?" was answered."""
+        lost = [date for date in event_dates(target.text) if date not in text]
+        if lost:
+            raise _Rejected(f"UPDATE text drops the date {target.key} gives ({lost[0]})")
         return text
 
     def _change(self, kind: OpKind, target: MemoryView, text: str | None) -> Operation:
@@ -216,8 +227,9 @@ def validate_operations(
     from a turn), UPDATE/DELETE without an id, an UPDATE (or, without ``fact``, an ADD) with
     a blank or over-long text, a second operation on the same memory, an ADD repeating
     another ADD or a listed memory (with ``fact``: a memory of its speaker that says all the
-    fact says), an UPDATE that leaves the text as it was or names none of the names its
-    memory has (it would be about someone else). With ``fact``, an ADD adds the fact (its
+    fact says), an UPDATE that leaves the text as it was, names none of the names its
+    memory has (it would be about someone else) or drops a date its memory gives for what
+    happened. With ``fact``, an ADD adds the fact (its
     text is ignored), an UPDATE that writes its memory out unchanged appends the fact to it
     (recorded among the rejections; rejected as unchanged when the fact only restates the
     memory), and an UPDATE's text is checked by ``app.memory.guard`` against the fact and the

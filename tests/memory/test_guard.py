@@ -114,6 +114,21 @@ class TestCheck:
             kept("Ann moved to Lisbon, where she joined Lisbon City Council.", "I moved to Lisbon.")
             == "Ann moved to Lisbon."
         )
+        # An unsupported one keeps its start before a purpose the model made up.
+        turn = "I am planning a trip to Rome in July."
+        text = "Gina is planning a trip to Rome in July to explore the city's history and culture."
+        checked = check(text, [turn], "Gina", AT)
+        assert checked.text == "Gina is planning a trip to Rome in July."
+        assert checked.dropped == [
+            (
+                "to explore the city's history and culture",
+                "only 0 of its 3 content words are in its source",
+            )
+        ]
+        # A supported one keeps its "to": cut there, what is wanted would go.
+        turn = "I want to open a dance studio, I can't wait."
+        text = "Jon wants to open a dance studio to teach kids."
+        assert kept(text, turn, "Jon") == text
         # A supported sentence loses its clauses from the first unsupported one on.
         turn = "I just moved to Seattle for a new job."
         text = "Ben moved to Seattle for a new job and is looking forward to exploring the city."
@@ -194,6 +209,36 @@ class TestCheck:
         # What the turn shows is the speaker's, whatever the sentence before it says to whom.
         shows = "Good luck, you got this! [shares a photo: a red dress on a mannequin]"
         assert kept("Ann shared a photo of a red dress on a mannequin.", shows)
+
+    def test_a_fact_that_turns_a_dislike_into_a_liking_is_dropped(self) -> None:
+        # The shipped extractor's reply to this turn in the behaviour suite.
+        checked = check("Mona is a coffee lover.", ["I hate coffee."], "Mona", AT)
+        assert checked.text is None
+        assert checked.dropped == [
+            (
+                "Mona is a coffee lover.",
+                "speaks of liking where its source speaks only of disliking",
+            )
+        ]
+        assert kept("Mona loves coffee.", "I don't really like coffee.", "Mona") is None
+        assert kept("Mona hates coffee.", "I love coffee.", "Mona") is None
+        # Said the same way round, or as the turn says it, it stays.
+        assert kept("Mona hates coffee.", "I hate coffee.", "Mona")
+        assert kept("Mona does not like coffee.", "I hate coffee.", "Mona")
+        assert kept("Mona dislikes coffee.", "I don't like coffee.", "Mona")
+        assert kept("Mona loves coffee.", "I never liked tea, but I love coffee.", "Mona")
+        # Nor is it kept by cutting the clause that said it the turn's way.
+        checked = check(
+            "Mona is a coffee lover and has a dislike for coffee.", ["I hate coffee."], "Mona", AT
+        )
+        assert checked.text is None
+        assert checked.dropped[-1] == (
+            "Mona is a coffee lover.",
+            "speaks of liking where its source speaks only of disliking",
+        )
+        # A Manager text that changes a memory draws on both: the fact and the memory.
+        sources = ["Mona loves coffee.", "Mona hates coffee."]
+        assert check("Mona loves coffee now.", sources, "Mona", AT).text
 
     def test_the_speaker_and_another_source_count(self) -> None:
         fact = "On 3 December 2026, Ann adopted another dog, Scout."

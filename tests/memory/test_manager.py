@@ -462,6 +462,30 @@ class TestGroundedTexts:
             operations, rejected = validate_operations(output(op("ADD")), shown, fact=fact)
             assert operations == [Operation(OpKind.ADD, None, fact.text)] and rejected == []
 
+    def test_an_update_keeps_the_dates_its_memory_gives_for_what_happened(self) -> None:
+        # The shipped Manager on conv-30: a later mention took the event's date with it.
+        text = "Jon lost his job as a banker on 19 January 2023."
+        banker = MemoryView("m1", uuid.uuid4(), text, "Jon", datetime(2023, 1, 20))
+        later = Fact("On 11 May 2023, Jon lost his job and is taking a risk.", "Jon", None)
+        replaced = op("UPDATE", "m1", later.text)
+        operations, rejected = validate_operations(output(replaced), [banker], fact=later)
+        assert operations == []
+        assert [r.reason for r in rejected] == [
+            "UPDATE text drops the date m1 gives (19 January 2023)"
+        ]
+        merged = op("UPDATE", "m1", f"{banker.text} {later.text}")
+        operations, _ = validate_operations(output(merged), [banker], fact=later)
+        assert [o.kind for o in operations] == [OpKind.UPDATE]
+        # The date a memory was mentioned on may go: a move replaces where someone lives.
+        boston = MemoryView(
+            "m1", uuid.uuid4(), "On 1 September 2026, Ben lives in Boston.", "Ben", None
+        )
+        moved = Fact("On 10 November 2026, Ben moved to Seattle.", "Ben", None)
+        operations, rejected = validate_operations(
+            output(op("UPDATE", "m1", moved.text)), [boston], fact=moved
+        )
+        assert [o.kind for o in operations] == [OpKind.UPDATE] and rejected == []
+
     def test_an_update_keeps_the_person_its_memory_is_about(self) -> None:
         jon = MemoryView("m1", uuid.uuid4(), "Jon lost his job as a banker.", "Jon", MAY_8)
         gina = Fact("On 3 June 2023, Gina lost her job at Door Dash.", "Gina", JUNE_3)
