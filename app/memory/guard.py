@@ -174,11 +174,7 @@ def has_date(text: str) -> bool:
 def event_dates(text: str) -> list[str]:
     """The full dates ``text`` gives for what happened: not the date of mention each of its
     sentences may open with ("On 8 May 2023," or "Ann on 8 May 2023:")."""
-    return [
-        date
-        for sentence in sentences(text)
-        for date in DATE.findall(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
-    ]
+    return [date for sentence in sentences(text) for date in DATE.findall(_unlabelled(sentence))]
 
 
 def undated(sentence: str) -> str:
@@ -303,10 +299,11 @@ def _leanings(text: str) -> set[str]:
     return found
 
 
-def _turned_over(sentence: str, sources: list[str]) -> str | None:
-    """Why ``sentence`` says the opposite of its sources about liking, or None: it likes
-    where they only dislike, or dislikes where they only like."""
-    said, given = _leanings(sentence), _leanings(" ".join(sources))
+def _turned_over(sentence: str, given: set[str]) -> str | None:
+    """Why ``sentence`` says the opposite of its sources about liking (their ``_leanings``
+    are ``given``), or None: it likes where they only dislike, or dislikes where they only
+    like."""
+    said = _leanings(sentence)
     if said and given and not said & given:
         return f"speaks of {min(said)} where its source speaks only of {min(given)}"
     return None
@@ -368,7 +365,12 @@ def _supported_start(
 def sentence_key(sentence: str) -> str:
     """The comparison form of a sentence: ``text_key`` without a leading ``Name:`` or ``Name on
     <date>:`` or ``On <date>,``, so "Ann: Luna died." repeats "Luna died."."""
-    return text_key(_OPENING_DATE.sub("", _LABEL.sub("", sentence)))
+    return text_key(_unlabelled(sentence))
+
+
+def _unlabelled(sentence: str) -> str:
+    """``sentence`` without a leading ``Name:``, ``Name on <date>:`` or ``On <date>,``."""
+    return _OPENING_DATE.sub("", _LABEL.sub("", sentence))
 
 
 def _runs(key: str) -> set[tuple[str, ...]]:
@@ -436,6 +438,7 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
     ``speaker`` and the date ``at`` count as given by the sources."""
     source_text = " ".join(sources)
     known = {_stem(w) for w in _WORD.findall(source_text)}
+    leanings = _leanings(source_text)
     allowed = _Allowed(
         numbers={w for w in _WORD.findall(source_text) if w.isdigit()},
         dates=set(DATE.findall(source_text)),
@@ -477,7 +480,7 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
             reason: str | None = "a question, which states nothing"
         elif (listener := _of_listener(sentence, sources, speaker)) is not None:
             reason = listener
-        elif (turned := _turned_over(sentence, sources)) is not None:
+        elif (turned := _turned_over(sentence, leanings)) is not None:
             reason = turned
         else:
             strictness = CUT_SUPPORTED if times else MIN_SUPPORTED
@@ -488,7 +491,7 @@ def check(text: str, sources: list[str], speaker: str | None, at: datetime | Non
                 dropped.append((sentence[len(start) - 1 :].strip(" ,;."), why))
                 # What it kept may say the opposite of the turn: the clause cut was the
                 # turn's own ("Mona is a coffee lover [and has a dislike for coffee].").
-                sentence, reason = start, _turned_over(start, sources)
+                sentence, reason = start, _turned_over(start, leanings)
         reason = reason or _empty(sentence, allowed)
         if reason is not None:
             dropped.append((sentence, reason))
